@@ -1,0 +1,156 @@
+"""Typed schema of the Hydra config.
+
+Hydra merges every YAML file into these dataclasses, so a misspelt key or a value of the wrong
+type fails when the config is composed, before any data or model is loaded. Value ranges that a
+type cannot express are checked by `validate`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, OmegaConf
+
+from finetune.errors import ConfigError
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class SourceConfig:
+    """Where a task's examples come from: a Hub dataset or files under `data_dir`."""
+
+    path: str = MISSING  # Hub dataset id, or a directory relative to data_dir
+    name: Optional[str] = None  # Hub configuration name (e.g. "sst2")
+    format: str = "hub"  # hub | tsv | csv | json | jsonl | parquet | squad_json
+    splits: Dict[str, Any] = field(default_factory=dict)  # split -> Hub split, file, or list of files
+    columns: Dict[str, Any] = field(default_factory=dict)  # role -> column, or list of columns to join
+    header: bool = True  # tsv/csv files: is the first row a header?
+    column_names: Optional[List[str]] = None  # names for header-less tsv/csv files
+    label_map: Dict[str, str] = field(default_factory=dict)  # raw label value -> label name
+    encoding: str = "utf-8-sig"  # utf-8-sig also reads plain UTF-8 and drops MRPC's BOM
+
+
+@dataclass
+class TaskConfig:
+    name: str = MISSING
+    head: str = MISSING  # a name in finetune.models.heads.HEADS
+    hub: Optional[SourceConfig] = None
+    local: Optional[SourceConfig] = None
+    labels: Optional[List[str]] = None  # label names in class-id order; None for regression
+    on_unknown_label: str = "error"  # error | drop (drop counts and reports the rows)
+    metrics: List[str] = field(default_factory=lambda: ["accuracy"])
+    main_metric: str = "accuracy"
+    max_length: int = 128
+    train_split: str = "train"
+    eval_splits: List[str] = field(default_factory=lambda: ["validation"])
+    head_args: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ModelConfig:
+    name_or_path: str = "gpt2"  # Hub id or a save_pretrained directory
+    tokenizer: Optional[str] = None  # defaults to name_or_path
+    from_scratch: bool = False  # random init from the config below (tiny models for tests)
+    n_layer: Optional[int] = None
+    n_embd: Optional[int] = None
+    n_head: Optional[int] = None
+    n_positions: Optional[int] = None
+    gpt1_tokens: bool = False  # add learned <|start|> <|delim|> <|extract|> tokens as in GPT-1
+    head_dropout: float = 0.1
+    attn_implementation: str = "sdpa"
+    trust_remote_code: bool = False
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 5e-5
+    weight_decay: float = 0.01
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    scheduler: str = "linear"  # any transformers.get_scheduler name
+    warmup_ratio: float = 0.002  # GPT-1 warmed up over 0.2% of training
+    max_grad_norm: float = 1.0
+    fused: Optional[bool] = None  # fused AdamW; None = on when training on CUDA
+
+
+@dataclass
+class TrainerConfig:
+    epochs: int = 3
+    max_steps: Optional[int] = None  # optimizer steps; overrides epochs when set
+    batch_size: int = 32  # per process, per micro-step
+    eval_batch_size: Optional[int] = None  # default: 2 x batch_size
+    grad_accum: int = 1
+    mixed_precision: str = "no"  # no | bf16 | fp16
+    eval_every: Optional[int] = None  # optimizer steps; None = at the end of each epoch
+    log_every: int = 10
+    save_total_limit: int = 2  # step checkpoints kept besides the best one
+    resume: Optional[str] = None  # checkpoint directory, or "latest"
+    tracker: Optional[str] = "tensorboard"  # any accelerate tracker name, or null
+    max_train_samples: Optional[int] = None
+    max_eval_samples: Optional[int] = None
+    pad_to_multiple_of: Optional[int] = 8
+    num_workers: int = 0
+    progress_bar: bool = True
+    cpu: bool = False  # force CPU even when a GPU is present
+
+
+@dataclass
+class PathsConfig:
+    root_dir: str = str(PROJECT_ROOT)
+    output_dir: str = "${hydra:runtime.output_dir}"
+    log_dir: str = "outputs"
+
+
+@dataclass
+class TrainConfig:
+    task: TaskConfig = field(default_factory=TaskConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    seed: int = 42
+    data_dir: Optional[str] = None  # local data laid out like ../shared/data; None = the Hub
+    offline: Optional[bool] = None  # None = detect (HF_HUB_OFFLINE or no route to the Hub)
+
+
+def register_configs() -> None:
+    ConfigStore.instance().store(name="train_schema", node=TrainConfig)
+
+
+def _check(condition: bool, key: str, value: Any, expected: str) -> None:
+    if not condition:
+        raise ConfigError(f"config key '{key}' = {value!r}: expected {expected}")
+
+
+def validate(cfg) -> None:
+    """Range checks that the dataclass types cannot express; raises ConfigError naming the key."""
+    t, o, task = cfg.trainer, cfg.optim, cfg.task
+    _check(o.lr > 0, "optim.lr", o.lr, "a positive number")
+    _check(o.weight_decay >= 0, "optim.weight_decay", o.weight_decay, "a number >= 0")
+    _check(0 <= o.warmup_ratio <= 1, "optim.warmup_ratio", o.warmup_ratio, "a number in [0, 1]")
+    _check(o.max_grad_norm > 0, "optim.max_grad_norm", o.max_grad_norm, "a positive number")
+    _check(len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas), "optim.betas", list(o.betas), "two numbers in [0, 1)")
+    _check(t.batch_size >= 1, "trainer.batch_size", t.batch_size, "an integer >= 1")
+    _check(t.eval_batch_size is None or t.eval_batch_size >= 1, "trainer.eval_batch_size", t.eval_batch_size, "an integer >= 1")
+    _check(t.grad_accum >= 1, "trainer.grad_accum", t.grad_accum, "an integer >= 1")
+    _check(t.epochs >= 1, "trainer.epochs", t.epochs, "an integer >= 1")
+    _check(t.max_steps is None or t.max_steps >= 1, "trainer.max_steps", t.max_steps, "an integer >= 1 or null")
+    _check(t.eval_every is None or t.eval_every >= 1, "trainer.eval_every", t.eval_every, "an integer >= 1 or null")
+    _check(t.log_every >= 1, "trainer.log_every", t.log_every, "an integer >= 1")
+    _check(t.save_total_limit >= 1, "trainer.save_total_limit", t.save_total_limit, "an integer >= 1")
+    _check(t.mixed_precision in ("no", "bf16", "fp16"), "trainer.mixed_precision", t.mixed_precision, "one of no, bf16, fp16")
+    for key in ("max_train_samples", "max_eval_samples"):
+        value = t[key]
+        _check(value is None or value >= 1, f"trainer.{key}", value, "an integer >= 1 or null")
+    _check(0 <= cfg.model.head_dropout < 1, "model.head_dropout", cfg.model.head_dropout, "a number in [0, 1)")
+    _check(task.max_length >= 8, "task.max_length", task.max_length, "an integer >= 8")
+    _check(task.on_unknown_label in ("error", "drop"), "task.on_unknown_label", task.on_unknown_label, "error or drop")
+    _check(task.hub is not None or task.local is not None, "task", task.name, "a 'hub' or a 'local' source")
+
+
+def to_container(cfg) -> dict:
+    return OmegaConf.to_container(cfg, resolve=True)

@@ -1,0 +1,159 @@
+"""Load a task's raw splits from the Hub or from local files under `data_dir`.
+
+Local GLUE TSVs are read with no quoting (quotes are part of the sentences), with every column
+kept as a string (so "NA" stays text and labels stay exactly as written), and with `utf-8-sig`
+so MRPC's byte-order mark is dropped.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from pathlib import Path
+
+import datasets
+from datasets import Dataset, DatasetDict, Features, Value
+
+from finetune.errors import DataError, HubUnavailableError
+
+log = logging.getLogger(__name__)
+
+FILE_FORMATS = ("tsv", "csv", "json", "jsonl", "parquet", "squad_json")
+
+
+def load_splits(task, splits: list[str], data_dir: str | None, offline: bool) -> tuple[DatasetDict, dict]:
+    """Return the raw splits and, per split, a description of where each came from (for errors)."""
+    if data_dir:
+        if task.local is None:
+            raise DataError(f"task '{task.name}' has no local source (task.local); unset data_dir to use the Hub")
+        return _load_local(task, task.local, Path(data_dir).expanduser(), splits)
+    if task.hub is None:
+        raise DataError(f"task '{task.name}' has no Hub source; set data_dir=<DIR> to read it from local files")
+    return _load_hub(task, task.hub, splits, offline)
+
+
+def _load_hub(task, source, splits, offline):
+    loaded, origins = {}, {}
+    for split in splits:
+        hub_split = source.splits.get(split, split)
+        try:
+            loaded[split] = datasets.load_dataset(source.path, source.name, split=hub_split)
+        except (ConnectionError, OSError) as err:
+            if offline:
+                raise HubUnavailableError(
+                    f"task '{task.name}' needs dataset '{source.path}' ({source.name}) from the Hub, which is "
+                    f"not reachable (offline); point data_dir=<DIR> at local files laid out like ../shared/data"
+                ) from err
+            raise DataError(f"could not load '{source.path}' ({source.name}) split '{hub_split}': {err}") from err
+        except ValueError as err:
+            raise DataError(f"dataset '{source.path}' ({source.name}) has no split '{hub_split}': {err}") from err
+        origins[split] = f"{source.path}/{source.name or ''}[{hub_split}]"
+    return DatasetDict(loaded), origins
+
+
+def _load_local(task, source, data_dir: Path, splits):
+    if not data_dir.is_dir():
+        raise DataError(f"data_dir '{data_dir}' does not exist or is not a directory")
+    if source.format not in FILE_FORMATS:
+        raise DataError(f"task '{task.name}': task.local.format '{source.format}' is not one of {', '.join(FILE_FORMATS)}")
+    base = data_dir / source.path
+    loaded, origins = {}, {}
+    for split in splits:
+        if split not in source.splits:
+            raise DataError(
+                f"task '{task.name}': no local '{split}' split is configured (task.local.splits has "
+                f"{', '.join(source.splits) or 'none'})"
+            )
+        names = source.splits[split]
+        files = [base / name for name in ([names] if isinstance(names, str) else names)]
+        missing = [str(f) for f in files if not f.is_file()]
+        if missing:
+            raise DataError(f"task '{task.name}': local '{split}' split not found: {', '.join(missing)}")
+        loaded[split] = _read_files(source, files)
+        origins[split] = ", ".join(str(f) for f in files)
+    return DatasetDict(loaded), origins
+
+
+def _read_files(source, files: list[Path]) -> Dataset:
+    fmt = source.format
+    try:
+        if fmt in ("tsv", "csv"):
+            return _read_delimited(source, files)
+        if fmt == "squad_json":
+            return _read_squad_json(source, files)
+        builder = "json" if fmt in ("json", "jsonl") else fmt
+        return datasets.load_dataset(builder, data_files=[str(f) for f in files], split="train")
+    except UnicodeDecodeError as err:
+        raise DataError(_decode_error_message(source, files, err)) from err
+    except datasets.exceptions.DatasetGenerationError as err:
+        cause = err.__cause__ or err.__context__
+        if isinstance(cause, UnicodeDecodeError):
+            raise DataError(_decode_error_message(source, files, cause)) from err
+        raise DataError(f"could not parse {', '.join(map(str, files))} as {fmt}: {cause or err}") from err
+
+
+def _decode_error_message(source, files, err: UnicodeDecodeError) -> str:
+    """Find the first line that does not decode, so the message can name it."""
+    for path in files:
+        with open(path, "rb") as handle:
+            for number, raw in enumerate(handle, start=1):
+                try:
+                    raw.decode(source.encoding)
+                except UnicodeDecodeError:
+                    return (
+                        f"{path} line {number}: bytes that are not valid {source.encoding} "
+                        f"(set task.local.encoding, e.g. task.local.encoding=latin-1)"
+                    )
+    return f"{', '.join(map(str, files))}: not valid {source.encoding} ({err})"
+
+
+def _read_delimited(source, files: list[Path]) -> Dataset:
+    delimiter = "\t" if source.format == "tsv" else ","
+    if source.header:
+        with open(files[0], encoding=source.encoding) as handle:
+            first = handle.readline().rstrip("\r\n")
+        names = next(csv.reader([first], delimiter=delimiter, quoting=csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL))
+        header = 0
+    else:
+        if not source.column_names:
+            raise DataError(f"{files[0]}: header-less file needs task.local.column_names")
+        names, header = list(source.column_names), None
+    if len(set(names)) != len(names):
+        raise DataError(f"{files[0]}: duplicate column names in header: {names}")
+    return datasets.load_dataset(
+        "csv",
+        data_files=[str(f) for f in files],
+        split="train",
+        delimiter=delimiter,
+        header=header,
+        column_names=None if source.header else names,
+        features=Features({name: Value("string") for name in names}),
+        # GLUE TSVs contain bare quote characters inside sentences; CSV files use standard quoting.
+        quoting=csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL,
+        keep_default_na=False,
+        na_filter=False,
+        encoding=source.encoding,
+    )
+
+
+def _read_squad_json(source, files: list[Path]) -> Dataset:
+    """Flatten official SQuAD v1.1 JSON (articles > paragraphs > questions) to the Hub's columns."""
+    rows = {"id": [], "title": [], "context": [], "question": [], "answers": []}
+    for path in files:
+        with open(path, encoding=source.encoding) as handle:
+            try:
+                articles = json.load(handle)["data"]
+            except (json.JSONDecodeError, KeyError, TypeError) as err:
+                raise DataError(f"{path}: not SQuAD JSON with a top-level 'data' list ({err})") from err
+        for article in articles:
+            for paragraph in article["paragraphs"]:
+                for qa in paragraph["qas"]:
+                    rows["id"].append(qa["id"])
+                    rows["title"].append(article.get("title", ""))
+                    rows["context"].append(paragraph["context"])
+                    rows["question"].append(qa["question"])
+                    rows["answers"].append(
+                        {"text": [a["text"] for a in qa["answers"]], "answer_start": [a["answer_start"] for a in qa["answers"]]}
+                    )
+    return Dataset.from_dict(rows)

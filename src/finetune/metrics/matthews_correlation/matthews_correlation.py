@@ -1,0 +1,20 @@
+"""Matthews correlation (GLUE's CoLA metric) as a local `evaluate` module."""
+
+import datasets
+import evaluate
+from sklearn.metrics import matthews_corrcoef
+
+
+class MatthewsCorrelation(evaluate.Metric):
+    def _info(self):
+        return evaluate.MetricInfo(
+            description="Matthews correlation coefficient between predictions and references.",
+            citation="",
+            inputs_description="predictions, references: class ids",
+            features=datasets.Features(
+                {"predictions": datasets.Value("int64"), "references": datasets.Value("int64")}
+            ),
+        )
+
+    def _compute(self, predictions, references):
+        return {"matthews_correlation": float(matthews_corrcoef(references, predictions))}

@@ -1,0 +1,139 @@
+"""Task heads on top of the backbone. A new head is one class here plus one entry in HEADS.
+
+A head declares the input format it reads (see finetune.data.features), the column roles it
+needs, how it scores a batch, its loss and how its scores turn into predictions for the metric.
+Linear layers of the sequence heads have no bias so the trained weights export one-to-one to
+transformers' GPT2ForSequenceClassification (usable with `pipeline`).
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+def pool_last_token(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Hidden state of each sequence's last real token, found from the attention mask.
+
+    Not from `input_ids == pad_id`: the pad id is GPT-2's end-of-text token, which may also be a
+    real token of the text or of the input template.
+    """
+    positions = torch.arange(attention_mask.shape[-1], device=attention_mask.device)
+    last = (positions * attention_mask.to(positions.dtype)).argmax(-1)
+    return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+
+
+def encode_last(backbone, input_ids, attention_mask) -> torch.Tensor:
+    hidden = backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    return pool_last_token(hidden, attention_mask)
+
+
+class Head(nn.Module):
+    input_format: ClassVar[str] = "text"
+    required_roles: ClassVar[tuple] = ("text", "label")
+    optional_roles: ClassVar[tuple] = ()
+    text_roles: ClassVar[tuple] = ("text",)
+    exports_to: ClassVar[str | None] = None  # transformers class the weights map onto, if any
+
+    def __init__(self, hidden_size: int, num_labels: int, dropout: float, args: dict):
+        super().__init__()
+        self.num_labels = num_labels
+        self.args = dict(args)
+
+    @classmethod
+    def format_for(cls, args: dict) -> str:
+        return cls.input_format
+
+    @property
+    def regression(self) -> bool:
+        return self.num_labels == 1
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if self.regression:
+            return F.mse_loss(logits.squeeze(-1).float(), labels.float())
+        return F.cross_entropy(logits.float(), labels)
+
+    def predictions(self, logits: torch.Tensor) -> torch.Tensor:
+        return logits.squeeze(-1).float() if self.regression else logits.argmax(-1)
+
+
+class ClassificationHead(Head):
+    """Dropout + linear on the last real token: `start text extract` (or a delimited pair)."""
+
+    optional_roles = ("text_pair",)
+    text_roles = ("text", "text_pair")
+    exports_to = "GPT2ForSequenceClassification"
+
+    def __init__(self, hidden_size, num_labels, dropout, args):
+        super().__init__(hidden_size, num_labels, dropout, args)
+        self.dropout = nn.Dropout(dropout)
+        self.score = nn.Linear(hidden_size, num_labels, bias=False)
+
+    def forward(self, backbone, batch):
+        pooled = encode_last(backbone, batch["input_ids"], batch["attention_mask"])
+        return self.score(self.dropout(pooled))
+
+
+class EntailmentHead(ClassificationHead):
+    """Premise and hypothesis in one sequence, `start premise delim hypothesis extract`."""
+
+    required_roles = ("text", "text_pair", "label")
+    optional_roles = ()
+
+
+class SimilarityHead(ClassificationHead):
+    """GPT-1 similarity: both orders encoded, pooled states added, then the linear layer.
+
+    `head_args.both_orders: false` scores the pair in its given order only (for comparison).
+    Regression (STS-B) when the task has no label names, classification (MRPC, QQP) otherwise.
+    """
+
+    required_roles = ("text", "text_pair", "label")
+    optional_roles = ()
+
+    @classmethod
+    def format_for(cls, args):
+        return "text_both_orders" if args.get("both_orders", True) else "text"
+
+    def forward(self, backbone, batch):
+        if "input_ids_swapped" not in batch:
+            return super().forward(backbone, batch)
+        input_ids = torch.cat([batch["input_ids"], batch["input_ids_swapped"]])
+        attention_mask = torch.cat([batch["attention_mask"], batch["attention_mask_swapped"]])
+        forward, swapped = encode_last(backbone, input_ids, attention_mask).chunk(2)
+        return self.score(self.dropout(forward + swapped))
+
+
+class MultipleChoiceHead(Head):
+    """One sequence per candidate, one scalar score each, softmax over the candidates."""
+
+    input_format = "choices"
+    required_roles = ("context", "choices", "label")
+    text_roles = ("context", "choices")
+
+    def __init__(self, hidden_size, num_labels, dropout, args):
+        super().__init__(hidden_size, num_labels, dropout, args)
+        self.dropout = nn.Dropout(dropout)
+        self.score = nn.Linear(hidden_size, 1, bias=False)
+
+    @property
+    def regression(self) -> bool:
+        return False
+
+    def forward(self, backbone, batch):
+        examples, choices, length = batch["input_ids"].shape
+        pooled = encode_last(
+            backbone, batch["input_ids"].view(-1, length), batch["attention_mask"].view(-1, length)
+        )
+        return self.score(self.dropout(pooled)).view(examples, choices)
+
+
+HEADS: dict[str, type[Head]] = {
+    "classification": ClassificationHead,
+    "entailment": EntailmentHead,
+    "similarity": SimilarityHead,
+    "multiple_choice": MultipleChoiceHead,
+}

@@ -1,0 +1,1 @@
+"""The Accelerate training loop, its optimizer, checkpoints and evaluation."""
