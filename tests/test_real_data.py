@@ -1,0 +1,58 @@
+"""Quality on real data: the mini pretrained GPT-2 fine-tuned on SST-2 from ../shared/data (CPU).
+
+Skipped when ../shared/data is absent. Calibration (2 CPU cores, 2026-11-23): see the thresholds.
+"""
+
+import csv
+import json
+
+import pytest
+import torch
+from transformers import pipeline
+
+from conftest import MINI_MODEL, SHARED_DATA, requires_shared_data, run_train
+from finetune.models.task_model import load_exported
+
+pytestmark = [requires_shared_data, pytest.mark.slow, pytest.mark.realdata]
+
+STEPS = 150
+
+
+@pytest.fixture(scope="module")
+def sst2_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("sst2")
+    result = run_train(
+        [
+            "task=sst2",
+            f"data_dir={SHARED_DATA}",
+            f"model.name_or_path={MINI_MODEL}",
+            f"trainer.max_steps={STEPS}",
+            "optim.lr=1e-4",
+            "optim.warmup_ratio=0.05",
+            "trainer.tracker=null",
+            "trainer.progress_bar=false",
+            f"hydra.run.dir={run_dir}",
+        ],
+        timeout=1500,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return run_dir
+
+
+def test_sst2_dev_accuracy_far_above_chance(sst2_run):
+    metrics = json.loads((sst2_run / "metrics.json").read_text())
+    assert metrics["eval"]["num_examples"] == 872  # the full SST-2 dev set
+    # Majority class is 50.9%. Measured with this budget: see THRESHOLD note in the issue.
+    assert metrics["eval"]["accuracy"] >= 0.70
+
+
+def test_saved_model_reproduces_framework_predictions_through_pipeline(sst2_run):
+    with open(SHARED_DATA / "glue" / "SST-2" / "dev.tsv", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle, delimiter="\t", quoting=csv.QUOTE_NONE))[:48]
+    texts = [row["sentence"] for row in rows]
+    model, tokenizer, manifest = load_exported(sst2_run / "model")
+    with torch.no_grad():
+        ours = model(**tokenizer(texts, padding=True, return_tensors="pt"))["logits"].argmax(-1).tolist()
+    classify = pipeline("text-classification", model=str(sst2_run / "model"), device="cpu")
+    theirs = [manifest["labels"].index(item["label"]) for item in classify(texts, batch_size=16)]
+    assert ours == theirs
