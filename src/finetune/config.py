@@ -7,16 +7,21 @@ type cannot express are checked by `validate`.
 
 from __future__ import annotations
 
+import codecs
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, OmegaConf
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from finetune.errors import ConfigError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
+# transformers.get_scheduler names that need nothing but warmup and total steps (not reduce_lr_on_plateau).
+SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup", "inverse_sqrt")
 
 
 @dataclass
@@ -42,6 +47,7 @@ class TaskConfig:
     local: Optional[SourceConfig] = None
     labels: Optional[List[str]] = None  # label names in class-id order; None for regression
     on_unknown_label: str = "error"  # error | drop (drop counts and reports the rows)
+    on_empty_text: str = "error"  # error | drop: rows with an empty text or answer choice
     metrics: List[str] = field(default_factory=lambda: ["accuracy"])
     main_metric: str = "accuracy"
     max_length: int = 128
@@ -61,6 +67,7 @@ class ModelConfig:
     n_positions: Optional[int] = None
     gpt1_tokens: bool = False  # add learned <|start|> <|delim|> <|extract|> tokens as in GPT-1
     head_dropout: float = 0.1
+    dropout: Optional[float] = None  # backbone dropout (GPT-2: resid/embd/attn_pdrop); None = the checkpoint's
     attn_implementation: str = "sdpa"
     trust_remote_code: bool = False
 
@@ -74,7 +81,7 @@ class OptimConfig:
     scheduler: str = "linear"  # any transformers.get_scheduler name
     warmup_ratio: float = 0.002  # GPT-1 warmed up over 0.2% of training
     max_grad_norm: float = 1.0
-    fused: Optional[bool] = None  # fused AdamW; None = on when training on CUDA
+    fused: Optional[bool] = None  # fused AdamW; None = on (CUDA and CPU: torch has both kernels)
 
 
 @dataclass
@@ -82,9 +89,9 @@ class TrainerConfig:
     epochs: int = 3
     max_steps: Optional[int] = None  # optimizer steps; overrides epochs when set
     batch_size: int = 32  # per process, per micro-step
-    eval_batch_size: Optional[int] = None  # default: 2 x batch_size
+    eval_batch_size: Optional[int] = None  # default: 4 x batch_size (no gradients; sorted by length)
     grad_accum: int = 1
-    mixed_precision: str = "no"  # no | bf16 | fp16
+    mixed_precision: str = "no"  # no | bf16 | fp16 | auto (bf16 on a CUDA GPU that has it, else no)
     eval_every: Optional[int] = None  # optimizer steps; None = at the end of each epoch
     log_every: int = 10
     save_total_limit: int = 2  # step checkpoints kept besides the best one
@@ -93,6 +100,15 @@ class TrainerConfig:
     max_train_samples: Optional[int] = None
     max_eval_samples: Optional[int] = None
     pad_to_multiple_of: Optional[int] = 8
+    pad_to_max_length: bool = False  # pad every batch to task.max_length (run_glue's way; for comparison)
+    # Speed (see docs/benchmarks.md). random: shuffled examples; bucketed: batches of batch_size
+    # examples of similar length; token_budget: batches of up to max_tokens padded tokens.
+    batching: str = "random"  # random | bucketed | token_budget
+    bucket_batches: int = 50  # bucketed: batches per length-sorted bucket
+    max_tokens: Optional[int] = None  # token_budget: padded tokens per batch; None = batch_size x mean length
+    eval_sort_by_length: bool = True  # evaluate longest first (less padding; metrics unchanged)
+    compile: bool = False  # torch.compile the model (worth it on GPU; ~1.03x on CPU after a long compile)
+    tf32: bool = True  # on CUDA: TF32 matmuls for the fp32 parts
     num_workers: int = 0
     progress_bar: bool = True
     cpu: bool = False  # force CPU even when a GPU is present
@@ -118,7 +134,10 @@ class TrainConfig:
 
 
 def register_configs() -> None:
+    from finetune.distributed import register_resolvers
+
     ConfigStore.instance().store(name="train_schema", node=TrainConfig)
+    register_resolvers()  # ${ft.now:...}, ${ft.main_process:...} used by configs/hydra/default.yaml
 
 
 def _check(condition: bool, key: str, value: Any, expected: str) -> None:
@@ -126,8 +145,57 @@ def _check(condition: bool, key: str, value: Any, expected: str) -> None:
         raise ConfigError(f"config key '{key}' = {value!r}: expected {expected}")
 
 
+def _first_line(err: Exception) -> str:
+    return next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
+
+
+def check_keys_and_values(node, schema, prefix: str = "") -> None:
+    """Keys the schema does not know (added with `+key=...`), and values that are missing or do not resolve."""
+    fields = [f.name for f in dataclasses.fields(schema)]
+    where = f" in {prefix.rstrip('.')}" if prefix else ""
+    for key in node.keys():
+        full_key = f"{prefix}{key}"
+        if key not in fields:
+            raise ConfigError(f"unknown config key '{full_key}' (added with '+'?); valid keys{where}: {', '.join(fields)}")
+        if full_key == "paths.output_dir":  # Hydra's run directory, resolved by Hydra
+            continue
+        try:
+            value = node[key]
+            child_type = OmegaConf.get_type(node, key) if isinstance(value, DictConfig) else None
+            if isinstance(value, DictConfig) and dataclasses.is_dataclass(child_type):
+                check_keys_and_values(value, child_type, f"{full_key}.")
+            elif isinstance(value, (DictConfig, ListConfig)):
+                OmegaConf.to_container(value, resolve=True, throw_on_missing=True)
+        except MissingMandatoryValue as err:
+            missing = getattr(err, "full_key", None) or full_key
+            raise ConfigError(f"config key '{missing}' has no value (???): set it, e.g. {missing}=<value>") from None
+        except OmegaConfBaseException as err:
+            if "HydraConfig was not set" in str(err):  # ${hydra:...} outside a Hydra run (tests)
+                continue
+            raise ConfigError(f"config key '{getattr(err, 'full_key', None) or full_key}': {_first_line(err)}") from None
+
+
+def _tracker_names() -> list[str]:
+    """The tracker names `Accelerator(log_with=...)` accepts (it raises a bare ValueError on others)."""
+    try:
+        from accelerate.utils import LoggerType
+
+        return LoggerType.list()
+    except ImportError:  # pragma: no cover
+        return ["tensorboard", "wandb", "mlflow", "comet_ml", "aim", "clearml", "dvclive"]
+
+
+def _known_encoding(name: str) -> bool:
+    try:
+        codecs.lookup(name)
+    except (LookupError, TypeError):
+        return False
+    return True
+
+
 def validate(cfg) -> None:
     """Range checks that the dataclass types cannot express; raises ConfigError naming the key."""
+    check_keys_and_values(cfg, TrainConfig)
     t, o, task = cfg.trainer, cfg.optim, cfg.task
     _check(o.lr > 0, "optim.lr", o.lr, "a positive number")
     _check(o.weight_decay >= 0, "optim.weight_decay", o.weight_decay, "a number >= 0")
@@ -142,14 +210,31 @@ def validate(cfg) -> None:
     _check(t.eval_every is None or t.eval_every >= 1, "trainer.eval_every", t.eval_every, "an integer >= 1 or null")
     _check(t.log_every >= 1, "trainer.log_every", t.log_every, "an integer >= 1")
     _check(t.save_total_limit >= 1, "trainer.save_total_limit", t.save_total_limit, "an integer >= 1")
-    _check(t.mixed_precision in ("no", "bf16", "fp16"), "trainer.mixed_precision", t.mixed_precision, "one of no, bf16, fp16")
+    _check(t.mixed_precision in ("no", "bf16", "fp16", "auto"), "trainer.mixed_precision", t.mixed_precision, "one of no, bf16, fp16, auto")
+    _check(t.batching in ("random", "bucketed", "token_budget"), "trainer.batching", t.batching, "one of random, bucketed, token_budget")
+    _check(t.max_tokens is None or t.max_tokens >= 1, "trainer.max_tokens", t.max_tokens, "an integer >= 1 or null")
+    _check(t.bucket_batches >= 1, "trainer.bucket_batches", t.bucket_batches, "an integer >= 1")
+    _check(t.num_workers >= 0, "trainer.num_workers", t.num_workers, "an integer >= 0 (0 loads batches in the main process)")
+    trackers = _tracker_names()
+    _check(not t.tracker or t.tracker in trackers, "trainer.tracker", t.tracker, f"null or one of {', '.join(trackers)}")
+    for key, source in (("task.hub", task.hub), ("task.local", task.local)):
+        if source is not None:
+            _check(_known_encoding(source.encoding), f"{key}.encoding", source.encoding, "a Python codec name, e.g. utf-8-sig or latin-1")
+    _check(t.pad_to_multiple_of is None or t.pad_to_multiple_of >= 1, "trainer.pad_to_multiple_of", t.pad_to_multiple_of, "an integer >= 1 or null")
     for key in ("max_train_samples", "max_eval_samples"):
         value = t[key]
         _check(value is None or value >= 1, f"trainer.{key}", value, "an integer >= 1 or null")
     _check(0 <= cfg.model.head_dropout < 1, "model.head_dropout", cfg.model.head_dropout, "a number in [0, 1)")
+    _check(cfg.model.dropout is None or 0 <= cfg.model.dropout < 1, "model.dropout", cfg.model.dropout, "a number in [0, 1) or null")
     _check(task.max_length >= 8, "task.max_length", task.max_length, "an integer >= 8")
     _check(task.on_unknown_label in ("error", "drop"), "task.on_unknown_label", task.on_unknown_label, "error or drop")
+    _check(task.on_empty_text in ("error", "drop"), "task.on_empty_text", task.on_empty_text, "error or drop")
     _check(task.hub is not None or task.local is not None, "task", task.name, "a 'hub' or a 'local' source")
+    _check(o.scheduler in SCHEDULERS, "optim.scheduler", o.scheduler, f"one of {', '.join(SCHEDULERS)}")
+    m = cfg.model
+    if m.from_scratch and m.n_embd is not None:
+        n_head = m.n_head if m.n_head is not None else 12  # GPT2Config's default
+        _check(m.n_embd % n_head == 0, "model.n_embd", m.n_embd, f"a multiple of model.n_head ({n_head})")
 
 
 def to_container(cfg) -> dict:

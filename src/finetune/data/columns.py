@@ -99,8 +99,14 @@ class LabelEncoder:
         )
 
 
-def standardize(dataset: Dataset, roles: dict, encoder: LabelEncoder | None, origin: Origin, text_roles: tuple) -> tuple[Dataset, int]:
-    """Return the dataset with one column per role (labels encoded) and the number of dropped rows."""
+EMPTY = "__empty__"  # temporary column: the row has an empty text (task.on_empty_text=drop)
+
+
+def standardize(
+    dataset: Dataset, roles: dict, encoder: LabelEncoder | None, origin: Origin, text_roles: tuple, on_empty_text: str = "error"
+) -> tuple[Dataset, int, int]:
+    """Return the dataset with one column per role (labels encoded) and the numbers of rows dropped
+    for an unknown label (task.on_unknown_label=drop) and for an empty text (task.on_empty_text=drop)."""
 
     def convert(batch, indices):
         out = {}
@@ -113,21 +119,33 @@ def standardize(dataset: Dataset, roles: dict, encoder: LabelEncoder | None, ori
                 out[role] = [" ".join(str(v).strip() for v in values) for values in zip(*columns)]
             else:
                 out[role] = _lookup(batch, spec)
+        empty = [False] * len(indices)
         for role in text_roles:
             if role not in out:
                 continue
-            for index, value in zip(indices, out[role]):
+            for row, (index, value) in enumerate(zip(indices, out[role])):
                 items = value if isinstance(value, list) else [value]
                 if not items or any(v is None or not str(v).strip() for v in items):
-                    raise DataError(f"{origin.row(index)}: empty {role!r} ({roles[role]})")
+                    if on_empty_text != "drop":
+                        raise DataError(
+                            f"{origin.row(index)}: empty {role!r} ({roles[role]}); fix the data or set task.on_empty_text=drop"
+                        )
+                    empty[row] = True
         if "label" in out:
             out["label"] = [encoder.encode(raw, origin.row(i)) for i, raw in zip(indices, out["label"])]
+        if on_empty_text == "drop":
+            out[EMPTY] = empty
         return out
 
     converted = dataset.map(
         convert, batched=True, with_indices=True, remove_columns=dataset.column_names, desc="Reading columns"
     )
+    dropped_empty = 0
+    if on_empty_text == "drop":
+        kept = converted.filter(lambda empty: [not e for e in empty], input_columns=EMPTY, batched=True)
+        dropped_empty = len(converted) - len(kept)
+        converted = kept.remove_columns(EMPTY)
     if encoder is None or encoder.regression or encoder.on_unknown != "drop":
-        return converted, 0
+        return converted, 0, dropped_empty
     kept = converted.filter(lambda labels: [label != DROPPED for label in labels], input_columns="label", batched=True)
-    return kept, len(converted) - len(kept)
+    return kept, len(converted) - len(kept), dropped_empty

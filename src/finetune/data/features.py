@@ -8,6 +8,7 @@ boolean `truncated` column, so the number of examples cut to `task.max_length` c
 from __future__ import annotations
 
 from finetune.data.formats import encode
+from finetune.data.span import span_features
 
 
 def text_features(batch, tokenizer, max_length: int, args: dict, training: bool) -> dict:
@@ -33,7 +34,8 @@ def both_orders_features(batch, tokenizer, max_length: int, args: dict, training
 def choice_features(batch, tokenizer, max_length: int, args: dict, training: bool) -> dict:
     """Multiple choice (GPT-1): `start context delim choice_i extract` for every candidate.
 
-    The context is cut first when a sequence is too long, so every answer stays whole.
+    The context is cut first when a sequence is too long, so answers stay whole (unless an answer
+    alone fills the window: then it is cut too, see formats.encode).
     """
     sizes = [len(choices) for choices in batch["choices"]]
     contexts = [context for context, size in zip(batch["context"], sizes) for _ in range(size)]
@@ -52,4 +54,5 @@ FEATURIZERS = {
     "text": text_features,
     "text_both_orders": both_orders_features,
     "choices": choice_features,
+    "span": span_features,  # extractive QA windows, see span.py
 }

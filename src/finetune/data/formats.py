@@ -53,14 +53,28 @@ def encode(tokenizer, texts, pairs=None, max_length: int = 1024, truncation: str
     """Tokenize with the template; truncate only the rows that are too long, and say which."""
     full = tokenizer(texts, pairs, truncation=False, add_special_tokens=True, verbose=False)
     too_long = [i for i, ids in enumerate(full["input_ids"]) if len(ids) > max_length]
-    if too_long:
+    groups = {truncation: too_long}
+    if too_long and truncation == "only_first" and pairs is not None:
+        # `only_first` must leave at least one token of the first text, or tokenizers raises a bare
+        # Exception for the whole batch: rows whose second text alone is that long (a multiple-choice
+        # answer longer than the window) are cut `longest_first` instead.
+        def first_can_absorb(i):
+            return sum(s == 0 for s in full.sequence_ids(i)) > len(full["input_ids"][i]) - max_length
+
+        groups = {
+            "only_first": [i for i in too_long if first_can_absorb(i)],
+            "longest_first": [i for i in too_long if not first_can_absorb(i)],
+        }
+    for strategy, rows in groups.items():
+        if not rows:
+            continue
         cut = tokenizer(
-            [texts[i] for i in too_long],
-            [pairs[i] for i in too_long] if pairs is not None else None,
-            truncation=truncation,
+            [texts[i] for i in rows],
+            [pairs[i] for i in rows] if pairs is not None else None,
+            truncation=strategy,
             max_length=max_length,
         )
-        for j, i in enumerate(too_long):
+        for j, i in enumerate(rows):
             full["input_ids"][i] = cut["input_ids"][j]
             full["attention_mask"][i] = cut["attention_mask"][j]
     return {"input_ids": full["input_ids"], "attention_mask": full["attention_mask"]}, set(too_long)

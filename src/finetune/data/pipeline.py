@@ -6,7 +6,9 @@ import logging
 from dataclasses import dataclass, field
 
 from datasets import Dataset
+from omegaconf import OmegaConf
 
+from finetune.data import span
 from finetune.data.columns import LabelEncoder, Origin, check_columns, standardize
 from finetune.data.features import FEATURIZERS
 from finetune.data.sources import load_splits
@@ -41,7 +43,8 @@ def prepare(cfg, tokenizer, head_cls, offline: bool, with_train: bool = True) ->
         raise DataError(f"task '{task.name}': no featurizer for input format '{input_format}'")
     splits = ([task.train_split] if with_train else []) + list(task.eval_splits)
     raw, origins = load_splits(task, splits, cfg.data_dir, offline)
-    roles = dict(source.columns) if source else {}
+    # Plain containers: a role given as a list of columns must be a `list`, not an OmegaConf ListConfig.
+    roles = OmegaConf.to_container(source.columns, resolve=True) if source else {}
 
     train, evals, examples, stats = None, {}, {}, {}
     for split in splits:
@@ -54,7 +57,7 @@ def prepare(cfg, tokenizer, head_cls, offline: bool, with_train: bool = True) ->
         if "label" in roles:
             feature = dataset.features.get(str(roles["label"]).split(".")[0])
             encoder = LabelEncoder(task.labels, source.label_map, feature, task.on_unknown_label)
-        rows, dropped = standardize(dataset, roles, encoder, origin, head_cls.text_roles)
+        rows, dropped, dropped_empty = standardize(dataset, roles, encoder, origin, head_cls.text_roles, task.on_empty_text)
         training = split == task.train_split and with_train
         limit = cfg.trainer.max_train_samples if training else cfg.trainer.max_eval_samples
         if limit is not None and limit < len(rows):
@@ -70,9 +73,14 @@ def prepare(cfg, tokenizer, head_cls, offline: bool, with_train: bool = True) ->
         features = features.remove_columns("truncated")
         if "label" in features.column_names:
             features = features.rename_column("label", "labels")
-        stats[split] = {"rows": len(rows), "dropped_unknown_label": dropped, "truncated": truncated}
+        stats[split] = {"rows": len(rows), "dropped_unknown_label": dropped, "dropped_empty_text": dropped_empty, "truncated": truncated}
+        if input_format == "span":  # several windows per example; see finetune.data.span
+            features, without_answer = span.finalize(features, rows, training, origin.description)
+            stats[split].update(features=len(features), windows_without_answer=without_answer)
         if dropped:
             log.warning("%s: dropped %d rows whose label is not in %s", origin.description, dropped, task.labels)
+        if dropped_empty:
+            log.warning("%s: dropped %d rows with an empty text (task.on_empty_text=drop)", origin.description, dropped_empty)
         if truncated:
             log.warning("%s: %d of %d examples longer than task.max_length=%d were truncated", split, truncated, len(rows), task.max_length)
         if training:

@@ -69,7 +69,10 @@ def _load_local(task, source, data_dir: Path, splits):
         files = [base / name for name in ([names] if isinstance(names, str) else names)]
         missing = [str(f) for f in files if not f.is_file()]
         if missing:
-            raise DataError(f"task '{task.name}': local '{split}' split not found: {', '.join(missing)}")
+            raise DataError(
+                f"task '{task.name}': local '{split}' split not found: {', '.join(missing)} "
+                f"(point task.local.splits.{split}=<file> at one, or leave data_dir unset to use the Hub)"
+            )
         loaded[split] = _read_files(source, files)
         origins[split] = ", ".join(str(f) for f in files)
     return DatasetDict(loaded), origins
@@ -83,6 +86,9 @@ def _read_files(source, files: list[Path]) -> Dataset:
         if fmt == "squad_json":
             return _read_squad_json(source, files)
         builder = "json" if fmt in ("json", "jsonl") else fmt
+        for path in files:
+            if _is_blank(path):  # datasets fails on an empty file with a bare StopIteration
+                raise DataError(f"{path}: no data rows (the file is empty)")
         return datasets.load_dataset(builder, data_files=[str(f) for f in files], split="train")
     except UnicodeDecodeError as err:
         raise DataError(_decode_error_message(source, files, err)) from err
@@ -91,6 +97,13 @@ def _read_files(source, files: list[Path]) -> Dataset:
         if isinstance(cause, UnicodeDecodeError):
             raise DataError(_decode_error_message(source, files, cause)) from err
         raise DataError(f"could not parse {', '.join(map(str, files))} as {fmt}: {cause or err}") from err
+
+
+def _is_blank(path: Path, probe: int = 1 << 16) -> bool:
+    """Empty, or only whitespace in its first `probe` bytes (a larger blank file is not worth a read)."""
+    with open(path, "rb") as handle:
+        head = handle.read(probe)
+    return not head.strip() and len(head) < probe
 
 
 def _decode_error_message(source, files, err: UnicodeDecodeError) -> str:
@@ -108,12 +121,48 @@ def _decode_error_message(source, files, err: UnicodeDecodeError) -> str:
     return f"{', '.join(map(str, files))}: not valid {source.encoding} ({err})"
 
 
+def _check_records(source, files: list[Path], delimiter: str, quoting: int, names: list[str]) -> None:
+    """Every record must have one field per column, and every file a data row.
+
+    All columns are read as strings, so the parser would fill a short row's missing fields with ""
+    (a missing label would then look like an unknown label ''): count the fields ourselves and
+    name the line instead.
+    """
+    separator = "tab" if delimiter == "\t" else "comma"
+    for path in files:
+        rows = 0
+        with open(path, encoding=source.encoding, newline="") as handle:
+            reader = csv.reader(handle, delimiter=delimiter, quoting=quoting)
+            for record in reader:
+                if not record:  # blank line: the parser skips it too
+                    continue
+                if source.header and reader.line_num == 1:
+                    if len(record) != len(names):
+                        raise DataError(f"{path} line 1: header has columns {record}, the split's first file has {names}")
+                    continue
+                rows += 1
+                if len(record) != len(names):
+                    hint = (f"a {separator} separator or a field is missing" if len(record) < len(names)
+                            else f"the text contains an extra {separator}" + (" (quote such fields)" if separator == "comma" else ""))
+                    raise DataError(
+                        f"{path} line {reader.line_num}: {len(record)} field(s), expected {len(names)} "
+                        f"({', '.join(names)}); {hint}: fix or remove the line"
+                    )
+        if rows == 0:
+            raise DataError(f"{path}: no data rows" + (" (only a header line)" if source.header and path.stat().st_size else " (the file is empty)"))
+
+
 def _read_delimited(source, files: list[Path]) -> Dataset:
     delimiter = "\t" if source.format == "tsv" else ","
+    # GLUE TSVs contain bare quote characters inside sentences; CSV files use standard quoting.
+    quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
     if source.header:
         with open(files[0], encoding=source.encoding) as handle:
             first = handle.readline().rstrip("\r\n")
-        names = next(csv.reader([first], delimiter=delimiter, quoting=csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL))
+        if not first:
+            raise DataError(f"{files[0]}: the file is empty or its first line is blank (expected a header line; "
+                            f"for a header-less file set task.local.header=false and task.local.column_names)")
+        names = next(csv.reader([first], delimiter=delimiter, quoting=quoting))
         header = 0
     else:
         if not source.column_names:
@@ -121,6 +170,7 @@ def _read_delimited(source, files: list[Path]) -> Dataset:
         names, header = list(source.column_names), None
     if len(set(names)) != len(names):
         raise DataError(f"{files[0]}: duplicate column names in header: {names}")
+    _check_records(source, files, delimiter, quoting, names)
     return datasets.load_dataset(
         "csv",
         data_files=[str(f) for f in files],
@@ -129,8 +179,7 @@ def _read_delimited(source, files: list[Path]) -> Dataset:
         header=header,
         column_names=None if source.header else names,
         features=Features({name: Value("string") for name in names}),
-        # GLUE TSVs contain bare quote characters inside sentences; CSV files use standard quoting.
-        quoting=csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL,
+        quoting=quoting,
         keep_default_na=False,
         na_filter=False,
         encoding=source.encoding,
@@ -146,14 +195,25 @@ def _read_squad_json(source, files: list[Path]) -> Dataset:
                 articles = json.load(handle)["data"]
             except (json.JSONDecodeError, KeyError, TypeError) as err:
                 raise DataError(f"{path}: not SQuAD JSON with a top-level 'data' list ({err})") from err
-        for article in articles:
-            for paragraph in article["paragraphs"]:
-                for qa in paragraph["qas"]:
-                    rows["id"].append(qa["id"])
-                    rows["title"].append(article.get("title", ""))
-                    rows["context"].append(paragraph["context"])
-                    rows["question"].append(qa["question"])
-                    rows["answers"].append(
-                        {"text": [a["text"] for a in qa["answers"]], "answer_start": [a["answer_start"] for a in qa["answers"]]}
-                    )
+        where = "data"
+        try:
+            for i, article in enumerate(articles):
+                for j, paragraph in enumerate(article["paragraphs"]):
+                    where = f"data[{i}].paragraphs[{j}]"
+                    context = paragraph["context"]
+                    for k, qa in enumerate(paragraph["qas"]):
+                        where = f"data[{i}].paragraphs[{j}].qas[{k}]"
+                        answers = qa["answers"]
+                        row = {
+                            "id": qa["id"], "title": article.get("title", ""), "context": context, "question": qa["question"],
+                            "answers": {"text": [a["text"] for a in answers], "answer_start": [a["answer_start"] for a in answers]},
+                        }
+                        for key, value in row.items():
+                            rows[key].append(value)
+        except (KeyError, TypeError, AttributeError) as err:
+            what = f"has no {err}" if isinstance(err, KeyError) else f"is malformed ({err})"
+            raise DataError(
+                f"{path}: {where} {what}; expected SQuAD v1.1 JSON (data > paragraphs {{context, qas}} > "
+                f"qas {{id, question, answers [{{text, answer_start}}]}})"
+            ) from None
     return Dataset.from_dict(rows)

@@ -6,10 +6,12 @@ loses ~20 points on SST-2, so the backbone is always loaded in fp32 and speed co
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from transformers import AutoConfig, AutoModel, AutoTokenizer, GPT2Config, GPT2Model
 
 from finetune.data.formats import configure_tokenizer
@@ -40,20 +42,40 @@ def _hub_error(name: str, key: str, what: str) -> HubUnavailableError:
     )
 
 
+def _first_line(err: BaseException) -> str:
+    return next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
+
+
+TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "tokenizer_config.json")
+
+
 def load_tokenizer(model_cfg, offline: bool):
     key = "model.tokenizer" if model_cfg.tokenizer else "model.name_or_path"
     name = _check_source(model_cfg.tokenizer or model_cfg.name_or_path, key, offline, "tokenizer")
+    if Path(name).is_dir() and not any((Path(name) / f).is_file() for f in TOKENIZER_FILES):
+        raise ModelError(
+            f"{key} '{name}' has no tokenizer files ({', '.join(TOKENIZER_FILES)}); "
+            f"set model.tokenizer=<a save_pretrained tokenizer directory>"
+        )
     try:
         tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=model_cfg.trust_remote_code)
-    except OSError as err:
+    except (OSError, ValueError) as err:
         if offline and not Path(name).exists():
             raise _hub_error(name, key, "tokenizer") from err
-        raise ModelError(f"{key} '{name}': no tokenizer could be loaded ({str(err).splitlines()[0]})") from err
+        raise ModelError(f"{key} '{name}': no tokenizer could be loaded ({_first_line(err)})") from err
     if not getattr(tokenizer, "is_fast", False):
         raise ModelError(f"{key} '{name}': a fast (tokenizers) tokenizer is required")
     base_vocab = len(tokenizer)
     configure_tokenizer(tokenizer, model_cfg.gpt1_tokens)
     return tokenizer, base_vocab
+
+
+DROPOUT_ATTRIBUTES = ("resid_pdrop", "embd_pdrop", "attn_pdrop")  # GPT-2's config names
+
+
+def _dropout_overrides(model_cfg) -> dict:
+    dropout = model_cfg.get("dropout")
+    return {} if dropout is None else {name: float(dropout) for name in DROPOUT_ATTRIBUTES}
 
 
 def load_backbone(model_cfg, tokenizer, base_vocab: int, offline: bool) -> torch.nn.Module:
@@ -62,6 +84,7 @@ def load_backbone(model_cfg, tokenizer, base_vocab: int, offline: bool) -> torch
         overrides = {
             k: model_cfg[k] for k in ("n_layer", "n_embd", "n_head", "n_positions") if model_cfg[k] is not None
         }
+        overrides.update(_dropout_overrides(model_cfg))
         config = GPT2Config(vocab_size=base_vocab, bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id, **overrides)
         config._attn_implementation = model_cfg.attn_implementation
         backbone = GPT2Model(config)
@@ -71,8 +94,12 @@ def load_backbone(model_cfg, tokenizer, base_vocab: int, offline: bool) -> torch
             raise ModelError(f"model.name_or_path '{name}' is not a model directory (no config.json)")
         try:
             config = AutoConfig.from_pretrained(name, trust_remote_code=model_cfg.trust_remote_code)
+            for key, value in _dropout_overrides(model_cfg).items():
+                if hasattr(config, key):
+                    setattr(config, key, value)
             backbone = AutoModel.from_pretrained(
                 name,
+                config=config,
                 dtype=torch.float32,
                 attn_implementation=model_cfg.attn_implementation,
                 trust_remote_code=model_cfg.trust_remote_code,
@@ -80,13 +107,60 @@ def load_backbone(model_cfg, tokenizer, base_vocab: int, offline: bool) -> torch
         except OSError as err:
             if offline and not Path(name).exists():
                 raise _hub_error(name, "model.name_or_path", "model") from err
-            raise ModelError(f"model.name_or_path '{name}': could not load weights ({str(err).splitlines()[0]})") from err
-        if base_vocab > config.vocab_size:
+            raise ModelError(f"model.name_or_path '{name}': could not load weights ({_first_line(err)})") from err
+        except (SafetensorError, ValueError, RuntimeError, EOFError) as err:  # truncated/corrupt weights, wrong shapes
             raise ModelError(
-                f"tokenizer has {base_vocab} tokens but model '{name}' embeds only {config.vocab_size}: "
-                f"model.tokenizer does not belong to this model"
+                f"model.name_or_path '{name}': could not load the model ({type(err).__name__}: {_first_line(err)}); "
+                f"its files may be corrupt or truncated: save or download it again"
+            ) from err
+        if base_vocab > config.vocab_size:
+            tokenizer_source = model_cfg.tokenizer or model_cfg.name_or_path
+            raise ModelError(
+                f"tokenizer '{tokenizer_source}' has {base_vocab} tokens but model '{name}' embeds only "
+                f"{config.vocab_size}: the tokenizer does not belong to this model; set model.tokenizer to the "
+                f"model's own tokenizer (or leave it null to use model.name_or_path's)"
             )
     if len(tokenizer) > backbone.get_input_embeddings().num_embeddings:
         backbone.resize_token_embeddings(len(tokenizer), mean_resizing=False)
     backbone.config.pad_token_id = tokenizer.pad_token_id
     return backbone.float()
+
+
+def check_backbone_for_task(model_cfg, task_cfg, num_labels: int, backbone) -> None:
+    """The task must fit the model: its max_length in the context window, and when the model is a
+    fine-tuned classifier (a finetune export, or a *ForSequenceClassification checkpoint), its label
+    count must be this task's (else the head would be silently dropped for one of another shape)."""
+    n_positions = getattr(backbone.config, "n_positions", None)
+    if n_positions is not None and task_cfg.max_length > n_positions:
+        raise ModelError(
+            f"task.max_length={task_cfg.max_length} is longer than the model's context window "
+            f"({n_positions} positions): set task.max_length<={n_positions}"
+        )
+    if model_cfg.from_scratch:
+        return
+    path = Path(model_cfg.name_or_path).expanduser()
+    if not path.is_dir():
+        return
+    manifest_file, config_file = path / "finetune.json", path / "config.json"
+    theirs, what = None, None
+    if manifest_file.is_file():
+        try:
+            manifest = json.loads(manifest_file.read_text())
+            theirs = int(manifest["num_labels"])
+            what = f"fine-tuned for task '{manifest.get('task')}' with a {theirs}-output '{manifest.get('head')}' head"
+        except (OSError, ValueError, KeyError, TypeError):
+            theirs = None
+    if theirs is None and config_file.is_file():
+        try:
+            config = json.loads(config_file.read_text())
+        except (OSError, ValueError):
+            config = {}
+        if any(str(a).endswith("ForSequenceClassification") for a in config.get("architectures") or []):
+            theirs = int(config.get("num_labels") or len(config.get("id2label") or {}) or 2)
+            what = f"a sequence classifier with {theirs} labels ({', '.join(config['architectures'])})"
+    if theirs is not None and theirs != num_labels:
+        raise ModelError(
+            f"model.name_or_path '{model_cfg.name_or_path}' is {what}, but task '{task_cfg.name}' needs "
+            f"{num_labels} output(s) ({'regression' if task_cfg.labels is None else 'labels ' + ', '.join(task_cfg.labels)}): "
+            f"start from a pretrained (not fine-tuned) model, or from one fine-tuned on a task with the same labels"
+        )

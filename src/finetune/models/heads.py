@@ -27,7 +27,14 @@ def pool_last_token(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch
 
 
 def encode_last(backbone, input_ids, attention_mask) -> torch.Tensor:
-    hidden = backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    """Last real token's hidden state of right-padded sequences (the collators always pad right).
+
+    The backbone runs without the padding mask: under causal attention a real token never sees
+    the pads that follow it, so its hidden state is exactly what the masked call gives (see
+    tests/test_batching.py). Without a mask SDPA takes its causal kernel (flash attention on GPU),
+    and transformers neither builds a 4-D mask nor checks it on the host (a device sync per step).
+    """
+    hidden = backbone(input_ids=input_ids).last_hidden_state
     return pool_last_token(hidden, attention_mask)
 
 
@@ -37,6 +44,7 @@ class Head(nn.Module):
     optional_roles: ClassVar[tuple] = ()
     text_roles: ClassVar[tuple] = ("text",)
     exports_to: ClassVar[str | None] = None  # transformers class the weights map onto, if any
+    export_module: ClassVar[str] = "score"  # the layer that becomes `<exports_to>.<export_module>`
 
     def __init__(self, hidden_size: int, num_labels: int, dropout: float, args: dict):
         super().__init__()
@@ -58,6 +66,11 @@ class Head(nn.Module):
 
     def predictions(self, logits: torch.Tensor) -> torch.Tensor:
         return logits.squeeze(-1).float() if self.regression else logits.argmax(-1)
+
+    def export_config(self, config) -> None:
+        """Set what `exports_to` reads from the transformers config (sequence classification)."""
+        config.num_labels = self.num_labels
+        config.problem_type = "regression" if self.regression else "single_label_classification"
 
 
 class ClassificationHead(Head):
@@ -128,7 +141,52 @@ class MultipleChoiceHead(Head):
         pooled = encode_last(
             backbone, batch["input_ids"].view(-1, length), batch["attention_mask"].view(-1, length)
         )
-        return self.score(self.dropout(pooled)).view(examples, choices)
+        scores = self.score(self.dropout(pooled)).view(examples, choices)
+        if "choice_mask" in batch:  # placeholder candidates of examples with fewer choices
+            scores = scores.float().masked_fill(batch["choice_mask"] == 0, torch.finfo(torch.float32).min)
+        return scores
+
+
+class SpanHead(Head):
+    """Extractive QA (SQuAD): a start and an end score for every token of `question delim context`.
+
+    The question comes first so that, reading left to right, every context token has seen it.
+    Long contexts are split into overlapping windows (see finetune.data.span, which also turns
+    the scores back into answer strings). `qa_outputs` maps one-to-one onto transformers'
+    GPT2ForQuestionAnswering. head_args: stride, max_answer_length, n_best.
+    """
+
+    input_format = "span"
+    required_roles = ("id", "question", "context", "answers")
+    text_roles = ("question", "context")
+    exports_to = "GPT2ForQuestionAnswering"
+    export_module = "qa_outputs"
+
+    def __init__(self, hidden_size, num_labels, dropout, args):
+        super().__init__(hidden_size, num_labels, dropout, args)
+        self.dropout = nn.Dropout(dropout)
+        self.qa_outputs = nn.Linear(hidden_size, 2)
+
+    @property
+    def regression(self) -> bool:
+        return False
+
+    def forward(self, backbone, batch):
+        """Scores of shape (batch, length, 2): [..., 0] start, [..., 1] end; padding gets the minimum."""
+        hidden = backbone(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+        logits = self.qa_outputs(self.dropout(hidden)).float()
+        padding = batch["attention_mask"] == 0
+        return logits.masked_fill(padding.unsqueeze(-1), torch.finfo(logits.dtype).min)
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Mean of the start and end cross-entropies; `labels` holds (start, end) per window."""
+        return (F.cross_entropy(logits[..., 0], labels[:, 0]) + F.cross_entropy(logits[..., 1], labels[:, 1])) / 2
+
+    def predictions(self, logits: torch.Tensor) -> torch.Tensor:
+        return logits
+
+    def export_config(self, config) -> None:
+        config.num_labels = 2
 
 
 HEADS: dict[str, type[Head]] = {
@@ -136,4 +194,5 @@ HEADS: dict[str, type[Head]] = {
     "entailment": EntailmentHead,
     "similarity": SimilarityHead,
     "multiple_choice": MultipleChoiceHead,
+    "span": SpanHead,
 }

@@ -46,11 +46,10 @@ def export(model: TaskModel, tokenizer, task_cfg, labels: list[str] | None, out_
         config.id2label = dict(enumerate(labels))
         config.label2id = {name: i for i, name in enumerate(labels)}
     if head.exports_to:
-        config.num_labels = head.num_labels
-        config.problem_type = "regression" if head.regression else "single_label_classification"
+        head.export_config(config)
         hf_model = getattr(transformers, head.exports_to)(config)
         hf_model.transformer.load_state_dict(backbone.state_dict())
-        hf_model.score.weight.data.copy_(head.score.weight.data)
+        getattr(hf_model, head.export_module).load_state_dict(getattr(head, head.export_module).state_dict())
         hf_model.save_pretrained(out_dir)
     else:
         backbone.save_pretrained(out_dir)
@@ -77,7 +76,7 @@ def load_exported(model_dir: str | Path) -> tuple[TaskModel, object, dict]:
         hf_model = getattr(transformers, head_cls.exports_to).from_pretrained(model_dir, dtype=torch.float32)
         backbone = hf_model.transformer
         head = build_head(manifest["head"], backbone.config.n_embd, manifest["num_labels"], 0.0, manifest["head_args"])
-        head.score.weight.data.copy_(hf_model.score.weight.data)
+        getattr(head, head.export_module).load_state_dict(getattr(hf_model, head.export_module).state_dict())
     else:
         backbone = AutoModel.from_pretrained(model_dir, dtype=torch.float32)
         head = build_head(manifest["head"], backbone.config.n_embd, manifest["num_labels"], 0.0, manifest["head_args"])

@@ -3,6 +3,11 @@
 A checkpoint is written to a hidden temporary directory and renamed into place when complete,
 so `checkpoints/step-N` either exists whole or not at all. Old checkpoints are pruned only after
 the new one is in place, and the best one is never pruned.
+
+The loop's own state (LR scheduler, progress) is stored as JSON in `trainer_state.json`, not with
+`register_for_checkpointing`: Accelerate unpickles those objects with `weights_only=False`, so a
+checkpoint from someone else could run code on resume. Everything else Accelerate loads with
+`weights_only=True`.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ log = logging.getLogger(__name__)
 
 STEP_DIR = re.compile(r"^step-(\d+)$")
 RUN_INFO = "finetune_checkpoint.json"  # written last inside the temporary directory
+TRAINER_STATE = "trainer_state.json"  # name -> state_dict of the objects passed as `state`
 
 
 def step_dirs(checkpoint_root: Path) -> list[Path]:
@@ -29,8 +35,11 @@ def step_dirs(checkpoint_root: Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def save(accelerator, checkpoint_root: Path, step: int, info: dict, keep: int, protect: set[int]) -> Path:
-    """Save the full training state for `step`; prune all but the last `keep` (and protected) ones."""
+def save(accelerator, checkpoint_root: Path, step: int, info: dict, keep: int, protect: set[int], state: dict) -> Path:
+    """Save the full training state for `step`; prune all but the last `keep` (and protected) ones.
+
+    `state`: name -> object with JSON-serialisable `state_dict()` (identical on every process).
+    """
     final = checkpoint_root / f"step-{step}"
     temporary = checkpoint_root / f".tmp-step-{step}"
     if accelerator.is_main_process:
@@ -40,6 +49,7 @@ def save(accelerator, checkpoint_root: Path, step: int, info: dict, keep: int, p
     accelerator.save_state(str(temporary))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        (temporary / TRAINER_STATE).write_text(json.dumps({name: obj.state_dict() for name, obj in state.items()}))
         (temporary / RUN_INFO).write_text(json.dumps({"step": step, **info}, indent=2))
         if final.exists():
             shutil.rmtree(final)
@@ -61,6 +71,9 @@ def read_info(checkpoint: Path) -> dict:
 def resolve_resume(resume: str, checkpoint_root: Path) -> list[Path]:
     """Candidate checkpoints to resume from, in order of preference."""
     if resume == "latest":
+        if checkpoint_root.is_dir():
+            for leftover in sorted(checkpoint_root.glob(".tmp-step-*")):
+                log.warning("ignoring %s (incomplete: interrupted while saving)", leftover)
         candidates = list(reversed(step_dirs(checkpoint_root)))
         if not candidates:
             raise CheckpointError(f"trainer.resume=latest: no checkpoint found in '{checkpoint_root}'")
@@ -71,7 +84,18 @@ def resolve_resume(resume: str, checkpoint_root: Path) -> list[Path]:
     return [path]
 
 
-def load_latest_valid(accelerator, candidates: list[Path], expected: dict) -> dict:
+def load_state(accelerator, checkpoint: Path, state: dict) -> None:
+    """Accelerate's state (model, optimizer, RNG) and ours (`state`, as saved by `save`)."""
+    saved = json.loads((checkpoint / TRAINER_STATE).read_text())
+    missing = [name for name in state if name not in saved]
+    if missing:
+        raise CheckpointError(f"checkpoint '{checkpoint}' has no {', '.join(missing)} state in {TRAINER_STATE}")
+    accelerator.load_state(str(checkpoint))
+    for name, obj in state.items():
+        obj.load_state_dict(saved[name])
+
+
+def load_latest_valid(accelerator, candidates: list[Path], expected: dict, state: dict) -> dict:
     """Load the first candidate that is complete and belongs to this task; skip broken ones."""
     errors = []
     for checkpoint in candidates:
@@ -82,7 +106,7 @@ def load_latest_valid(accelerator, candidates: list[Path], expected: dict) -> di
                     raise CheckpointError(
                         f"checkpoint '{checkpoint}' was written for {key}={info.get(key)!r}, this run has {key}={value!r}"
                     )
-            accelerator.load_state(str(checkpoint))
+            load_state(accelerator, checkpoint, state)
             return info
         except CheckpointError as err:
             if len(candidates) == 1 or "was written for" in str(err):
@@ -90,9 +114,12 @@ def load_latest_valid(accelerator, candidates: list[Path], expected: dict) -> di
             log.warning("skipping %s", err)
             errors.append(str(err))
         except Exception as err:  # a truncated file fails deep inside torch/safetensors
-            message = f"checkpoint '{checkpoint}' could not be loaded ({type(err).__name__}: {err})"
+            detail = next((line.strip() for line in str(err).splitlines() if line.strip()), "")
+            message = f"checkpoint '{checkpoint}' could not be loaded ({type(err).__name__}{': ' + detail if detail else ''})"
             if len(candidates) == 1:
-                raise CheckpointError(message) from err
+                raise CheckpointError(
+                    f"{message}: it is corrupt or incomplete; resume from another one (trainer.resume=<checkpoint dir>)"
+                ) from err
             log.warning("skipping %s", message)
             errors.append(message)
     raise CheckpointError("no loadable checkpoint: " + "; ".join(errors))

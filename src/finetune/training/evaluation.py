@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from finetune.data.span import postprocess, span_args
 from finetune.metrics import load_metric
 
 
@@ -16,8 +17,11 @@ def load_metrics(names):
 
 
 @torch.no_grad()
-def evaluate_split(accelerator, model, loader, metric_names) -> dict:
+def evaluate_split(accelerator, model, loader, metric_names, features=None, examples=None) -> dict:
+    """`features`/`examples`: the split's tokenized windows and standardised rows (span QA only)."""
     head = accelerator.unwrap_model(model).head
+    if head.input_format == "span":
+        return evaluate_spans(accelerator, model, loader, metric_names, features, examples)
     metrics = load_metrics(metric_names)
     was_training = model.training
     model.eval()
@@ -35,4 +39,46 @@ def evaluate_split(accelerator, model, loader, metric_names) -> dict:
     for metric in metrics:
         results.update(metric.compute())
     results["num_examples"] = count
+    return results
+
+
+@torch.no_grad()
+def evaluate_spans(accelerator, model, loader, metric_names, features, examples) -> dict:
+    """Extractive QA: gather start/end scores of every window, then answers per example.
+
+    Windows have different padded lengths on different processes, so scores are padded to a
+    common length before `gather_for_metrics`. Every process then post-processes the same
+    gathered scores, so all ranks report identical metrics.
+    """
+    head = accelerator.unwrap_model(model).head
+    args = span_args(head.args)
+    was_training = model.training
+    model.eval()
+    scores = {}
+    for batch in loader:
+        batch.pop("labels", None)
+        index = batch.pop("feature_index")
+        with accelerator.autocast():
+            logits = model(**batch)["logits"].float()
+        logits = accelerator.pad_across_processes(logits, dim=1, pad_index=torch.finfo(logits.dtype).min)
+        logits, index = accelerator.gather_for_metrics((logits, index))
+        for i, row in zip(index.cpu().tolist(), logits.cpu().numpy()):
+            scores[i] = row
+    model.train(was_training)
+    rows = features["feature_index"]  # row -> index, whatever order the loader used
+    if sorted(scores) != sorted(rows):
+        raise RuntimeError(f"span evaluation gathered {len(scores)} windows for {len(features)} features")
+    ordered = [scores[i] for i in rows]
+    answers = postprocess(
+        examples["id"], examples["context"], features["example_id"], features["offset_mapping"],
+        [s[:, 0] for s in ordered], [s[:, 1] for s in ordered],
+        n_best=args["n_best"], max_answer_length=args["max_answer_length"],
+    )
+    references = [list(a["text"]) for a in examples["answers"]]
+    predictions = [answers[i] for i in examples["id"]]
+    results = {}
+    for metric in load_metrics(metric_names):
+        metric.add_batch(predictions=predictions, references=references)
+        results.update(metric.compute())
+    results["num_examples"] = len(predictions)
     return results

@@ -9,15 +9,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from finetune.data.collate import make_collator
 from finetune.errors import TrainingDiverged
 from finetune.training import checkpoint
+from finetune.training.batching import build_eval_loader, build_train_loader, compile_model, enable_tf32
 from finetune.training.evaluation import evaluate_split
 from finetune.training.optim import build_optimizer, build_scheduler
-from finetune.training.sampler import EpochShuffleSampler
 
 log = logging.getLogger(__name__)
 
@@ -28,8 +26,12 @@ class Progress:
 
     step: int = 0
     epoch: int = 0
-    batches_in_epoch: int = 0
+    batches_in_epoch: int = 0  # per process: what skip_first_batches skips on resume
     examples_seen: int = 0
+    # Position in the epoch's shuffled order over all processes, and the examples per micro-batch over
+    # all processes when saved: a resume with another process count or batch size restarts there.
+    examples_in_epoch: int = 0
+    world_batch: int | None = None
     best_value: float | None = None
     best_step: int | None = None
     best_metrics: dict = field(default_factory=dict)
@@ -51,27 +53,30 @@ class Trainer:
         self.main_metric = cfg.task.main_metric
         self.progress = Progress()
 
-        collator = make_collator(data.input_format, tokenizer, cfg.trainer.pad_to_multiple_of)
-        self.sampler = EpochShuffleSampler(len(data.train), cfg.seed)
-        train_loader = DataLoader(
-            data.train, batch_size=cfg.trainer.batch_size, sampler=self.sampler, collate_fn=collator,
-            num_workers=cfg.trainer.num_workers, drop_last=False,
-        )
-        eval_batch = cfg.trainer.eval_batch_size or 2 * cfg.trainer.batch_size
-        eval_loaders = {
-            split: DataLoader(ds, batch_size=eval_batch, shuffle=False, collate_fn=collator, num_workers=cfg.trainer.num_workers)
-            for split, ds in data.evals.items()
-        }
-        optimizer = build_optimizer(model, cfg.optim, accelerator.device.type == "cuda")
+        # Batching mode, padding and evaluation order: see finetune.training.batching.
+        on_cuda = accelerator.device.type == "cuda"
+        loader_args = (tokenizer, data.input_format, cfg.task.max_length, cfg.seed)
+        train_loader, self.sampler = build_train_loader(cfg.trainer, data.train, *loader_args, pin_memory=on_cuda)
+        eval_loaders = {split: build_eval_loader(cfg.trainer, ds, *loader_args, pin_memory=on_cuda) for split, ds in data.evals.items()}
+        if on_cuda and cfg.trainer.tf32:
+            enable_tf32()
+        if cfg.trainer.compile:
+            compile_model(model, cfg.trainer)
+        optimizer = build_optimizer(model, cfg.optim, on_cuda)
         self.model, self.optimizer, self.train_loader = accelerator.prepare(model, optimizer, train_loader)
         self.eval_loaders = {split: accelerator.prepare(loader) for split, loader in eval_loaders.items()}
 
         self.steps_per_epoch = math.ceil(len(self.train_loader) / cfg.trainer.grad_accum)
+        # Examples of the epoch order that one micro-batch consumes over all processes (Accelerate
+        # hands consecutive batches of the sampler's order to consecutive processes).
+        # With a batch sampler (bucketed, token_budget) batches are the unit of the epoch's order.
+        self.world_batch = (cfg.trainer.batch_size if cfg.trainer.batching == "random" else 1) * accelerator.num_processes
+        self.progress.world_batch = self.world_batch
         self.total_steps = cfg.trainer.max_steps or cfg.trainer.epochs * self.steps_per_epoch
         self.epochs = math.ceil(self.total_steps / self.steps_per_epoch)
         # Stepped by hand once per optimizer step (not prepared: Accelerate would step it once per process).
         self.scheduler = build_scheduler(optimizer, cfg.optim, self.total_steps)
-        accelerator.register_for_checkpointing(self.scheduler, self.progress)
+        self.state = {"scheduler": self.scheduler, "progress": self.progress}  # saved by checkpoint.save as JSON
 
     # ------------------------------------------------------------------ state
     def checkpoint_identity(self) -> dict:
@@ -79,20 +84,53 @@ class Trainer:
 
     def resume(self, resume: str) -> None:
         candidates = checkpoint.resolve_resume(resume, self.checkpoint_root)
-        info = checkpoint.load_latest_valid(self.accelerator, candidates, self.checkpoint_identity())
+        info = checkpoint.load_latest_valid(self.accelerator, candidates, self.checkpoint_identity(), self.state)
+        self._finite_at = self.progress.step  # checkpoints are only written with finite weights
+        self._adapt_position()
+        # load_state restores Accelerate's micro-batch counter, which decides where accumulation
+        # windows end; checkpoints are taken at optimizer steps, so restart it at a window boundary
+        # for this run's grad_accum (it may differ from the checkpoint's, e.g. on fewer processes).
+        self.accelerator.step = self.progress.step * self.trainer_cfg.grad_accum
         log.info("resumed from step %d (epoch %d, batch %d of the epoch)", info["step"], self.progress.epoch, self.progress.batches_in_epoch)
+
+    def _adapt_position(self) -> None:
+        """Resuming with another process count or per-process batch: keep the place in the data.
+
+        The checkpoint's `batches_in_epoch` counts per-process batches; with N processes of batch b
+        it stands for N*b examples each. When N*b differs now, restart at the same example of the
+        epoch's order (rounded down to a whole micro-batch over all processes, so fewer than N*b
+        examples may be seen twice). Optimizer steps, the LR schedule, model/optimizer state and
+        the epoch carry over unchanged; the per-rank RNG states load where a rank's file exists.
+        """
+        p = self.progress
+        if p.world_batch is None or p.world_batch == self.world_batch:
+            p.world_batch = self.world_batch
+            return
+        position = p.examples_in_epoch or p.batches_in_epoch * p.world_batch
+        p.batches_in_epoch = position // self.world_batch
+        p.examples_in_epoch = p.batches_in_epoch * self.world_batch
+        log.warning(
+            "checkpoint written with %d examples per micro-batch over all processes, this run has %d "
+            "(%d processes x batch %d): resuming at example %d of epoch %d (batch %d per process)%s",
+            p.world_batch, self.world_batch, self.accelerator.num_processes, self.trainer_cfg.batch_size,
+            p.examples_in_epoch, p.epoch, p.batches_in_epoch,
+            f"; {position - p.examples_in_epoch} examples will be seen again" if position != p.examples_in_epoch else "",
+        )
+        p.world_batch = self.world_batch
 
     def save_checkpoint(self) -> Path:
         protect = {self.progress.best_step} if self.progress.best_step is not None else set()
         return checkpoint.save(
             self.accelerator, self.checkpoint_root, self.progress.step, self.checkpoint_identity(),
-            keep=self.trainer_cfg.save_total_limit, protect=protect,
+            keep=self.trainer_cfg.save_total_limit, protect=protect, state=self.state,
         )
 
     # ------------------------------------------------------------- evaluation
     def evaluate(self) -> dict:
+        self._check_weights_finite()  # before the checkpoint: every checkpoint kept is a good one
         results = {
-            split: evaluate_split(self.accelerator, self.model, loader, self.cfg.task.metrics)
+            split: evaluate_split(self.accelerator, self.model, loader, self.cfg.task.metrics,
+                                  self.data.evals[split], self.data.examples[split])
             for split, loader in self.eval_loaders.items()
         }
         first = results[next(iter(results))]
@@ -129,7 +167,10 @@ class Trainer:
         model.train()
         done = self.progress.step >= self.total_steps
         while not done and self.progress.epoch < self.epochs:
+            # Accelerate's loader calls sampler.set_epoch(its own iteration count) when iterated, and a
+            # resumed run's count starts at 0: set both to the epoch we are in.
             self.sampler.set_epoch(self.progress.epoch)
+            self.train_loader.set_epoch(self.progress.epoch)
             loader = self.train_loader
             if self.progress.batches_in_epoch:
                 loader = accelerator.skip_first_batches(self.train_loader, self.progress.batches_in_epoch)
@@ -142,6 +183,7 @@ class Trainer:
                     optimizer.step()
                     optimizer.zero_grad(set_to_none=True)
                 self.progress.batches_in_epoch += 1
+                self.progress.examples_in_epoch += self.world_batch
                 batch_examples = len(batch["labels"]) * accelerator.num_processes
                 self.progress.examples_seen += batch_examples
                 window_examples += batch_examples
@@ -171,6 +213,7 @@ class Trainer:
             if not done:
                 self.progress.epoch += 1
                 self.progress.batches_in_epoch = 0
+                self.progress.examples_in_epoch = 0
                 if cfg.eval_every is None:
                     self.evaluate()
         bar.close()
@@ -186,19 +229,30 @@ class Trainer:
             "examples_seen": self.progress.examples_seen,
         }
 
-    def _check_finite(self, mean_loss: float) -> None:
-        if not math.isfinite(mean_loss):
-            last = checkpoint.step_dirs(self.checkpoint_root)
-            raise TrainingDiverged(
-                f"training loss became {mean_loss} by step {self.progress.step}; stopped. "
-                + (f"last good checkpoint: {last[-1]}" if last else "no checkpoint was written yet")
-                + " (lower optim.lr or use trainer.mixed_precision=no)"
-            )
+    def _check_weights_finite(self) -> None:
+        params = [p.detach() for p in self.model.parameters()]
+        finite = torch.stack([torch.isfinite(p).all() for p in params]).all() if params else torch.tensor(True)
+        if not bool(self.accelerator.reduce(finite.float().to(self.accelerator.device), reduction="min").item()):
+            self._check_finite(float("nan"), what="model weights became non-finite")
+
+    def _check_finite(self, mean_loss: float, what: str | None = None) -> None:
+        """Stop on a non-finite loss, naming the step (or the steps since the last finite check)."""
+        step = self.progress.step
+        if math.isfinite(mean_loss):
+            self._finite_at = step
+            return
+        since = getattr(self, "_finite_at", None)
+        where = f"at step {step}" if since is not None and step - since <= 1 else (
+            f"between step {since + 1} and step {step}" if since is not None else f"by step {step}")
+        last = checkpoint.step_dirs(self.checkpoint_root)
+        raise TrainingDiverged(
+            f"{what or f'training loss became {mean_loss}'} {where}; stopped. "
+            + (f"Last good checkpoint: {last[-1]}" if last else "No checkpoint was written yet")
+            + " (lower optim.lr, or use trainer.mixed_precision=no)"
+        )
 
     def load_best(self) -> None:
         """Put the best evaluated weights back into the model before export."""
         best = self.checkpoint_root / f"step-{self.progress.best_step}"
         if self.progress.best_step is not None and self.progress.best_step != self.progress.step and best.is_dir():
-            progress = self.progress.state_dict()
-            self.accelerator.load_state(str(best))
-            self.progress.load_state_dict(progress)
+            self.accelerator.load_state(str(best))  # model (and optimizer, RNG); scheduler and progress stay

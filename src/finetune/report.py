@@ -1,0 +1,329 @@
+"""Summarise a sweep: `python -m finetune.report multirun/<time> [--out DIR]`.
+
+Reads every job directory of a Hydra multirun (one with `.hydra/overrides.yaml`, `metrics.json`,
+`config.yaml` or `failure.json`), groups the jobs by task and setting (the overrides other than
+`task` and `seed`), and writes report.md, report.csv and report.png.
+
+* Metrics are the job's reported evaluation (metrics.json "eval": the best evaluation on the first
+  eval split, the checkpoint that was exported).
+* Each metric is given as mean ± std over seeds; std is the SAMPLE standard deviation (ddof=1,
+  as numpy.std(..., ddof=1)); it is empty when a group has one job. `n` counts successful jobs;
+  `best` is the highest main metric in the group and the seed that reached it.
+* Overrides that are the same in every job are printed once ("common overrides") and left out of
+  the setting; when a job has no .hydra/overrides.yaml (e.g. `hydra.output_subdir=null`), its
+  overrides are the config.yaml keys whose values differ between jobs.
+* Failed jobs (failure.json, or no metrics.json) are listed separately with their error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import re
+import statistics
+import sys
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+GROUP_KEYS = ("task", "seed")  # not part of a "setting"
+MARKERS = ("metrics.json", "failure.json", "config.yaml", ".hydra")
+REPORT_NAMES = ("report.md", "report.csv", "report.png")
+
+
+@dataclass
+class Job:
+    name: str  # path relative to the sweep directory
+    path: Path
+    overrides: list = field(default_factory=list)
+    task: str | None = None
+    seed: str | None = None
+    main_metric: str | None = None
+    metrics: dict = field(default_factory=dict)
+    ok: bool = False
+    error: str | None = None
+    setting: tuple = ()
+
+
+# ------------------------------------------------------------------------------------ reading
+def _job_dirs(root: Path) -> list[Path]:
+    found = []
+    for path in sorted(root.iterdir(), key=lambda p: [_sort_key(part) for part in re.split(r"(\d+)", p.name)]):
+        if not path.is_dir() or path.name.startswith("."):
+            continue
+        if any((path / marker).exists() for marker in MARKERS):
+            found.append(path)  # a job: do not descend into model/, checkpoints/
+        else:
+            found.extend(_job_dirs(path))
+    return found
+
+
+def _split_override(override: str) -> tuple[str, str]:
+    key, _, value = override.partition("=")
+    return key.lstrip("+~"), value
+
+
+def _flatten(node, prefix: str = "") -> dict:
+    if isinstance(node, dict):
+        flat = {}
+        for key, value in node.items():
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        return flat
+    return {prefix[:-1]: json.dumps(node) if isinstance(node, (list, dict)) else node}
+
+
+def _read_yaml(path: Path):
+    try:
+        return yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+
+
+def _sort_key(value: str):
+    try:
+        return (0, float(value), "")
+    except (TypeError, ValueError):
+        return (1, 0.0, str(value))
+
+
+def _read_job(root: Path, path: Path) -> tuple[Job, dict]:
+    job = Job(name=str(path.relative_to(root)), path=path)
+    overrides = _read_yaml(path / ".hydra" / "overrides.yaml")
+    if isinstance(overrides, list):
+        job.overrides = [str(o) for o in overrides]
+    config = _read_yaml(path / "config.yaml") or _read_yaml(path / ".hydra" / "config.yaml") or {}
+    flat_config = _flatten(config) if isinstance(config, dict) else {}
+    failure = None
+    if (path / "failure.json").is_file():
+        try:
+            failure = json.loads((path / "failure.json").read_text())
+        except (OSError, json.JSONDecodeError):
+            failure = {"error_type": "unknown", "message": "unreadable failure.json"}
+        if not job.overrides and failure.get("overrides"):
+            job.overrides = list(failure["overrides"])
+    metrics = None
+    if (path / "metrics.json").is_file():
+        try:
+            metrics = json.loads((path / "metrics.json").read_text())
+        except (OSError, json.JSONDecodeError):
+            failure = failure or {"error_type": "unreadable", "message": "metrics.json could not be parsed"}
+    if metrics is not None and failure is None:
+        job.ok = True
+        job.task = metrics.get("task")
+        job.main_metric = metrics.get("main_metric")
+        job.metrics = {k: float(v) for k, v in (metrics.get("eval") or {}).items()
+                       if isinstance(v, (int, float)) and k != "num_examples"}
+    else:
+        job.error = (f"{failure.get('error_type')}: {failure.get('message')}" if failure
+                     else "no metrics.json (the job crashed, was killed, or is still running)")
+    overrides = dict(_split_override(o) for o in job.overrides)
+    job.task = job.task or overrides.get("task") or flat_config.get("task.name")
+    job.seed = overrides.get("seed", str(flat_config["seed"]) if "seed" in flat_config else None)
+    job.main_metric = job.main_metric or flat_config.get("task.main_metric")
+    return job, flat_config
+
+
+def collect(sweep_dir) -> list[Job]:
+    """Every job under `sweep_dir`, with its task, seed, setting, metrics or error."""
+    root = Path(sweep_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"'{root}' is not a directory")
+    read = [_read_job(root, path) for path in _job_dirs(root)]
+    jobs = [job for job, _ in read]
+    # Jobs without overrides.yaml: their overrides are the config keys that vary across jobs.
+    configs = [flat for _, flat in read if flat]
+    if any(not job.overrides for job in jobs) and len(configs) > 1:
+        keys = sorted({k for flat in configs for k in flat})
+        varying = [k for k in keys if len({json.dumps(flat.get(k), default=str) for flat in configs}) > 1
+                   and not k.startswith(("paths.", "hydra."))]
+        for job, flat in read:
+            if not job.overrides and flat:
+                job.overrides = [f"{'task' if k == 'task.name' else k}={flat.get(k)}" for k in varying
+                                 if not k.startswith("task.") or k == "task.name"]
+    # Setting = overrides other than task/seed that differ between jobs (constant ones are "common").
+    per_job = [dict(_split_override(o) for o in job.overrides) for job in jobs]
+    all_keys = []
+    for overrides in per_job:
+        all_keys += [k for k in overrides if k not in all_keys]
+    common = {k for k in all_keys if k not in GROUP_KEYS and len({o.get(k) for o in per_job}) == 1}
+    for job, overrides in zip(jobs, per_job):
+        job.setting = tuple((k, overrides[k]) for k in all_keys if k in overrides and k not in GROUP_KEYS and k not in common)
+    return jobs
+
+
+def common_overrides(jobs: list[Job]) -> list[str]:
+    per_job = [dict(_split_override(o) for o in job.overrides) for job in jobs]
+    if not per_job:
+        return []
+    first = per_job[0]
+    return [f"{k}={v}" for k, v in first.items()
+            if k not in GROUP_KEYS and all(o.get(k) == v for o in per_job)]
+
+
+# ---------------------------------------------------------------------------------- summarising
+def _setting_text(setting: tuple) -> str:
+    return " ".join(f"{k}={v}" for k, v in setting) or "(defaults)"
+
+
+def summarise(jobs: list[Job]) -> list[dict]:
+    """One row per (task, setting): per metric mean, sample std, max; n; best main metric and seed."""
+    groups: dict[tuple, list[Job]] = {}
+    for job in jobs:
+        if job.ok:
+            groups.setdefault((job.task or "?", job.setting), []).append(job)
+    rows = []
+    for (task, setting), members in sorted(
+        groups.items(), key=lambda item: (item[0][0], [(k, _sort_key(v)) for k, v in item[0][1]])
+    ):
+        metric_names = []
+        for job in members:
+            metric_names += [m for m in job.metrics if m not in metric_names]
+        main = members[0].main_metric or (metric_names[0] if metric_names else None)
+        row = {"task": task, "setting": _setting_text(setting), "n": len(members), "main_metric": main,
+               "seeds": [job.seed for job in sorted(members, key=lambda j: _sort_key(j.seed))], "metrics": {}}
+        for name in metric_names:
+            values = [job.metrics[name] for job in members if name in job.metrics]
+            row["metrics"][name] = {
+                "mean": statistics.fmean(values),
+                "std": statistics.stdev(values) if len(values) > 1 else math.nan,  # sample std (n - 1)
+                "max": max(values),
+                "values": values,
+            }
+        scored = [job for job in members if main in job.metrics]
+        if scored:
+            best = max(scored, key=lambda job: job.metrics[main])
+            row["best"], row["best_seed"] = best.metrics[main], best.seed
+        else:
+            row["best"], row["best_seed"] = math.nan, None
+        rows.append(row)
+    return rows
+
+
+def _fmt(value: float, digits: int = 4) -> str:
+    return "" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+
+
+def _metric_columns(rows: list[dict]) -> list[str]:
+    """Main metrics first (the most common main metric first), then every other metric."""
+    mains = Counter(row["main_metric"] for row in rows if row["main_metric"] in row["metrics"])
+    names = sorted(mains, key=lambda name: (-mains[name], name))
+    names += [m for row in rows for m in row["metrics"]]
+    return list(dict.fromkeys(names))
+
+
+def to_markdown(sweep_dir: Path, jobs: list[Job], rows: list[dict]) -> str:
+    names = _metric_columns(rows)
+    failed = [job for job in jobs if not job.ok]
+    lines = [f"# Sweep report: {sweep_dir}", ""]
+    lines.append(f"{len(jobs)} jobs, {len(jobs) - len(failed)} succeeded, {len(failed)} failed. "
+                 "Cells: mean ± sample std (n - 1) over seeds; best: highest main metric (seed).")
+    common = common_overrides(jobs)
+    if common:
+        lines += ["", "Common overrides: `" + " ".join(common) + "`"]
+    lines += ["", "| task | setting | " + " | ".join(names) + " | n | best (seed) |",
+              "|---|---|" + "---|" * len(names) + "---|---|"]
+    for row in rows:
+        cells = []
+        for name in names:
+            stats = row["metrics"].get(name)
+            if stats is None:
+                cells.append("")
+            elif math.isnan(stats["std"]):
+                cells.append(_fmt(stats["mean"]))
+            else:
+                cells.append(f"{_fmt(stats['mean'])} ± {_fmt(stats['std'])}")
+        best = f"{row['main_metric']}={_fmt(row['best'])} ({row['best_seed']})" if row["best_seed"] is not None else ""
+        lines.append(f"| {row['task']} | {row['setting']} | " + " | ".join(cells) + f" | {row['n']} | {best} |")
+    if failed:
+        lines += ["", "## Failed jobs", "", "| job | overrides | error |", "|---|---|---|"]
+        for job in failed:
+            error = (job.error or "").replace("|", "\\|").replace("\n", " ")
+            lines.append(f"| {job.name} | `{' '.join(job.overrides)}` | {error} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_csv(path: Path, rows: list[dict], jobs: list[Job]) -> None:
+    names = _metric_columns(rows)
+    header = ["task", "setting", "n", "seeds", "main_metric", "best", "best_seed"]
+    for name in names:
+        header += [f"{name}_mean", f"{name}_std", f"{name}_max"]
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        for row in rows:
+            out = [row["task"], row["setting"], row["n"], " ".join(str(s) for s in row["seeds"]),
+                   row["main_metric"], _fmt(row["best"], 6), row["best_seed"]]
+            for name in names:
+                stats = row["metrics"].get(name)
+                out += [_fmt(stats["mean"], 6), _fmt(stats["std"], 6), _fmt(stats["max"], 6)] if stats else ["", "", ""]
+            writer.writerow(out)
+
+
+def plot(path: Path, rows: list[dict]) -> None:
+    """One panel per task: the main metric per setting, mean ± sample std, each seed as a grey dot."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = list(dict.fromkeys(row["task"] for row in rows)) or ["(no successful jobs)"]
+    fig, axes = plt.subplots(1, len(tasks), figsize=(max(4.0, 3.2 * len(tasks) + 1), 3.6), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        task_rows = [row for row in rows if row["task"] == task]
+        for i, row in enumerate(task_rows):
+            stats = row["metrics"].get(row["main_metric"])
+            if not stats:
+                continue
+            std = 0.0 if math.isnan(stats["std"]) else stats["std"]
+            # Mean ± std as a point with error bar (not a bar from 0, which hides differences), seeds beside it.
+            ax.errorbar(i, stats["mean"], yerr=std, fmt="o", color="#335c85", capsize=5, markersize=7, zorder=2)
+            ax.scatter([i + 0.12] * len(stats["values"]), stats["values"], color="#999999", s=14, zorder=3)
+        ax.set_xlim(-0.5, len(task_rows) - 0.5)
+        ax.grid(axis="y", alpha=0.3)
+        ax.set_xticks(range(len(task_rows)))
+        ax.set_xticklabels([row["setting"].replace(" ", "\n") for row in task_rows], fontsize=7)
+        ax.set_title(task)
+        ax.set_ylabel(task_rows[0]["main_metric"] if task_rows else "")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_report(sweep_dir, jobs: list[Job] | None = None, out=None) -> list[Path]:
+    sweep_dir = Path(sweep_dir)
+    jobs = collect(sweep_dir) if jobs is None else jobs
+    out = Path(out) if out is not None else sweep_dir
+    out.mkdir(parents=True, exist_ok=True)
+    rows = summarise(jobs)
+    paths = [out / name for name in REPORT_NAMES]
+    paths[0].write_text(to_markdown(sweep_dir, jobs, rows))
+    write_csv(paths[1], rows, jobs)
+    plot(paths[2], rows)
+    return paths
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m finetune.report", description=__doc__.splitlines()[0])
+    parser.add_argument("sweep_dir", help="a Hydra multirun directory, e.g. multirun/2026-01-01_12-00-00")
+    parser.add_argument("--out", default=None, help="where to write report.md/.csv/.png (default: the sweep dir)")
+    args = parser.parse_args(argv)
+    try:
+        jobs = collect(args.sweep_dir)
+    except FileNotFoundError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if not jobs:
+        print(f"error: no job directories under '{args.sweep_dir}'", file=sys.stderr)
+        return 2
+    paths = write_report(args.sweep_dir, jobs, args.out)
+    print(paths[0].read_text(), end="")
+    print("wrote " + ", ".join(str(p) for p in paths))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
