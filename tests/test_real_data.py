@@ -1,6 +1,9 @@
 """Quality on real data: the mini pretrained GPT-2 fine-tuned on SST-2 from ../shared/data (CPU).
 
-Skipped when ../shared/data is absent. Calibration (2 CPU cores, 2026-11-23): see the thresholds.
+Skipped when ../shared/data is absent. The run is the issue's "done means" command (300 steps at the
+default lr 5e-5, batch 32). Calibration (2 CPU cores, 2026-11-23): full SST-2 dev accuracy 0.7431,
+the same in two runs (CPU runs are deterministic); majority class 0.5092. The threshold 0.70 leaves
+room for a machine whose float summation order differs.
 """
 
 import csv
@@ -15,7 +18,7 @@ from finetune.models.task_model import load_exported
 
 pytestmark = [requires_shared_data, pytest.mark.slow, pytest.mark.realdata]
 
-STEPS = 150
+STEPS = 300
 
 
 @pytest.fixture(scope="module")
@@ -27,8 +30,6 @@ def sst2_run(tmp_path_factory):
             f"data_dir={SHARED_DATA}",
             f"model.name_or_path={MINI_MODEL}",
             f"trainer.max_steps={STEPS}",
-            "optim.lr=1e-4",
-            "optim.warmup_ratio=0.05",
             "trainer.tracker=null",
             "trainer.progress_bar=false",
             f"hydra.run.dir={run_dir}",
@@ -42,8 +43,7 @@ def sst2_run(tmp_path_factory):
 def test_sst2_dev_accuracy_far_above_chance(sst2_run):
     metrics = json.loads((sst2_run / "metrics.json").read_text())
     assert metrics["eval"]["num_examples"] == 872  # the full SST-2 dev set
-    # Majority class is 50.9%. Measured with this budget: see THRESHOLD note in the issue.
-    assert metrics["eval"]["accuracy"] >= 0.70
+    assert metrics["eval"]["accuracy"] >= 0.70  # measured 0.7431; majority class 0.5092
 
 
 def test_saved_model_reproduces_framework_predictions_through_pipeline(sst2_run):

@@ -110,3 +110,16 @@ def test_optuna_search_maximises_the_main_metric(tmp_path):
     # trainer.batch_size=8 on the command line holds that search parameter fixed.
     assert set(best["best_params"]) == {"optim.lr", "optim.weight_decay", "optim.warmup_ratio"}
     assert not any(math.isnan(v) for v in values)
+
+
+@pytest.mark.slow
+def test_joblib_launcher_runs_jobs_in_parallel_workers(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_joblib_launcher", reason="pip install -e .[sweep]")
+    sweep_dir = tmp_path / "parallel"
+    result = _train(["-m", "hydra/launcher=parallel", *TINY, "seed=1,2", f"hydra.sweep.dir={sweep_dir}"], tmp_path)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    assert "Joblib.Parallel" in result.stdout + result.stderr
+    for job in ("0", "1"):
+        metrics = json.loads((sweep_dir / job / "metrics.json").read_text())
+        assert metrics["eval"]["num_examples"] == 32
+    assert (sweep_dir / "report.md").is_file()
