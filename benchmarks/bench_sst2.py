@@ -145,6 +145,7 @@ def worker_ours(args, setup: str) -> dict:
     ]
     if args.max_tokens:
         overrides.append(f"trainer.max_tokens={args.max_tokens}")
+    overrides += args.override
     if args.model == "gpt2-small-random":
         overrides += ["model.from_scratch=true", f"model.tokenizer={MINI_MODEL}", "model.name_or_path=gpt2-small-random"]
         overrides += [f"model.{k}={v}" for k, v in GPT2_SMALL.items()]
@@ -353,6 +354,8 @@ def parse(argv=None):
     parser.add_argument("--weight-decay", type=float, default=0.01)
     parser.add_argument("--warmup-ratio", type=float, default=0.06)
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra Hydra override for our rows (repeatable), e.g. --override optim.fused=false")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -368,6 +371,7 @@ def parse(argv=None):
         f"--batch-size={args.batch_size}", f"--eval-batch-size={args.eval_batch_size}", f"--lr={args.lr}",
         f"--weight-decay={args.weight_decay}", f"--warmup-ratio={args.warmup_ratio}", f"--seed={args.seed}",
         *([f"--max-tokens={args.max_tokens}"] if args.max_tokens else []), *(["--compile"] if args.compile else []),
+        *(f"--override={o}" for o in args.override),
     ]
     return args
 
@@ -393,7 +397,8 @@ def main(argv=None) -> None:
     header = (f"SST-2, {args.train_samples or 'all'} training sentences, 1 epoch, batch {args.batch_size}, lr {args.lr}, "
               f"seed {args.seed}, model {args.model}, device {args.device} "
               f"({torch.get_num_threads()} threads, {os.cpu_count()} CPUs{', ' + torch.cuda.get_device_name() if args.device == 'cuda' else ''}), "
-              f"torch {torch.__version__}, python {platform.python_version()}, compile {args.compile}")
+              f"torch {torch.__version__}, python {platform.python_version()}, compile {args.compile}"
+              + (f", our overrides: {' '.join(args.override)}" if args.override else ""))
     print(header, file=sys.stderr, flush=True)
     results = [run_setup(args, setup) for setup in setups]
     text = table(results, args)

@@ -1,8 +1,9 @@
 """Quality on real data: the mini pretrained GPT-2 fine-tuned on SST-2 from ../shared/data (CPU).
 
 Skipped when ../shared/data is absent. The run is the issue's "done means" command (300 steps at the
-default lr 5e-5, batch 32). Calibration (2 CPU cores, 2026-11-23): full SST-2 dev accuracy 0.7431,
-the same in two runs (CPU runs are deterministic); majority class 0.5092. The threshold 0.70 leaves
+default lr 5e-5, batch 32). Calibration (2 CPU cores, 2026-11-23): full SST-2 dev accuracy 0.7546
+(CPU runs are deterministic; 0.7431 in two runs before the head took GPT-2's N(0, 0.02) init);
+majority class 0.5092. The threshold 0.70 leaves
 room for a machine whose float summation order differs.
 """
 
@@ -43,7 +44,7 @@ def sst2_run(tmp_path_factory):
 def test_sst2_dev_accuracy_far_above_chance(sst2_run):
     metrics = json.loads((sst2_run / "metrics.json").read_text())
     assert metrics["eval"]["num_examples"] == 872  # the full SST-2 dev set
-    assert metrics["eval"]["accuracy"] >= 0.70  # measured 0.7431; majority class 0.5092
+    assert metrics["eval"]["accuracy"] >= 0.70  # measured 0.7546; majority class 0.5092
 
 
 def test_saved_model_reproduces_framework_predictions_through_pipeline(sst2_run):

@@ -6,10 +6,10 @@ similarity (STS-B, regression, both orders), multiple choice (Story Cloze) and e
 
 | task | trivial baseline (dev) | measured with this budget (2 CPU cores, 2026-11-23) |
 |---|---|---|
-| rte | majority class (entailment): 0.5271 | accuracy 0.5379 (GPT-1 itself reached only 56.0) |
-| stsb | constant score: Pearson 0 | Pearson 0.1852 |
-| storycloze | always the first ending: 0.5131 | accuracy 0.6638 |
-| squad (first 300 dev questions) | empty answer: EM 0, F1 0 | F1 8.38 |
+| rte | majority class (entailment): 0.5271 | accuracy 0.5704 (GPT-1 itself reached only 56.0) |
+| stsb | constant score: Pearson 0 | Pearson 0.1581 |
+| storycloze | always the first ending: 0.5131 | accuracy 0.6857 |
+| squad (first 300 dev questions) | empty answer: EM 0, F1 0 | F1 10.29 |
 
 Runs are deterministic on CPU (same config and seed, same metrics: tests/test_checkpoints.py), so
 the thresholds sit between the baseline and the measured value, with a margin for a machine whose
@@ -33,13 +33,13 @@ COMMON = [
 
 # task -> (overrides, metric, trivial baseline, threshold asserted)
 CASES = {
-    "rte": (["task=rte", "trainer.max_steps=150"], "accuracy", 0.5271, 0.5271),
+    "rte": (["task=rte", "trainer.max_steps=150"], "accuracy", 0.5271, 0.545),
     "stsb": (["task=stsb", "trainer.max_steps=150"], "pearson", 0.0, 0.10),
     "storycloze": (["task=storycloze", "trainer.max_steps=100"], "accuracy", 0.5131, 0.60),
     "squad": (
         ["task=squad", "trainer.max_steps=60", "trainer.batch_size=16", "task.max_length=256", "task.head_args.stride=64",
          "trainer.max_eval_samples=300"],
-        "f1", 0.0, 4.0,
+        "f1", 0.0, 5.0,
     ),
 }
 

@@ -86,7 +86,8 @@ def run(cfg) -> float:
     set_seed(cfg.seed)
     backbone = load_backbone(cfg.model, tokenizer, base_vocab, offline)
     check_backbone_for_task(cfg.model, cfg.task, num_labels, backbone)
-    head = build_head(cfg.task.head, backbone.config.hidden_size, num_labels, cfg.model.head_dropout, dict(cfg.task.head_args))
+    head = build_head(cfg.task.head, backbone.config.hidden_size, num_labels, cfg.model.head_dropout, dict(cfg.task.head_args),
+                      init_std=backbone.config.initializer_range)
     model = TaskModel(backbone, head)
 
     if accelerator.is_main_process:

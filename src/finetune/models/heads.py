@@ -34,7 +34,7 @@ def encode_last(backbone, input_ids, attention_mask) -> torch.Tensor:
     tests/test_batching.py). Without a mask SDPA takes its causal kernel (flash attention on GPU),
     and transformers neither builds a 4-D mask nor checks it on the host (a device sync per step).
     """
-    hidden = backbone(input_ids=input_ids).last_hidden_state
+    hidden = backbone(input_ids=input_ids, use_cache=False).last_hidden_state  # no KV cache in training or scoring
     return pool_last_token(hidden, attention_mask)
 
 
@@ -173,7 +173,7 @@ class SpanHead(Head):
 
     def forward(self, backbone, batch):
         """Scores of shape (batch, length, 2): [..., 0] start, [..., 1] end; padding gets the minimum."""
-        hidden = backbone(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+        hidden = backbone(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).last_hidden_state
         logits = self.qa_outputs(self.dropout(hidden)).float()
         padding = batch["attention_mask"] == 0
         return logits.masked_fill(padding.unsqueeze(-1), torch.finfo(logits.dtype).min)

@@ -29,8 +29,18 @@ class TaskModel(nn.Module):
         return {"loss": loss, "logits": logits}
 
 
-def build_head(name: str, hidden_size: int, num_labels: int, dropout: float, args: dict) -> Head:
-    return HEADS[name](hidden_size, num_labels, dropout, args)
+def build_head(name: str, hidden_size: int, num_labels: int, dropout: float, args: dict,
+               init_std: float | None = None) -> Head:
+    """`init_std`: draw the head's linear weights from N(0, init_std) with zero biases, as GPT-2
+    initialises its own layers and transformers its task heads (config.initializer_range)."""
+    head = HEADS[name](hidden_size, num_labels, dropout, args)
+    if init_std is not None:
+        for module in head.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.normal_(module.weight, mean=0.0, std=init_std)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+    return head
 
 
 def export(model: TaskModel, tokenizer, task_cfg, labels: list[str] | None, out_dir: Path) -> None:
