@@ -84,27 +84,23 @@ class PeakMemory:
         self._thread.start()
 
     def so_far(self) -> float:
-        """MiB, as `stop` would report now, without stopping."""
+        """MiB so far: peak RSS above the start (CPU) or peak allocated (CUDA)."""
         if self.device == "cuda":
             import torch
 
             torch.cuda.synchronize()
             return torch.cuda.max_memory_allocated() / 2**20
-        return (self.peak - self.base) / 2**20
-
-    def stop(self) -> float:
-        """MiB: peak RSS above the start (CPU) or peak allocated (CUDA)."""
-        if self.device == "cuda":
-            import torch
-
-            torch.cuda.synchronize()
-            return torch.cuda.max_memory_allocated() / 2**20
-        self._stop.set()
-        self._thread.join()
         import psutil
 
         self.peak = max(self.peak, psutil.Process().memory_info().rss)
         return (self.peak - self.base) / 2**20
+
+    def stop(self) -> float:
+        """Stop sampling; MiB as `so_far`."""
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+        return self.so_far()
 
 
 class TokenCounter:

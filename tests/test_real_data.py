@@ -3,8 +3,8 @@
 Skipped when ../shared/data is absent. The run is the issue's "done means" command (300 steps at the
 default lr 5e-5, batch 32). Calibration (2 CPU cores, 2026-11-23): full SST-2 dev accuracy 0.7546
 (CPU runs are deterministic; 0.7431 in two runs before the head took GPT-2's N(0, 0.02) init);
-majority class 0.5092. The threshold 0.70 leaves
-room for a machine whose float summation order differs.
+majority class 0.5092. The threshold 0.70 leaves room for a machine whose float summation order
+differs.
 """
 
 import csv
