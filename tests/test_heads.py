@@ -252,7 +252,7 @@ def test_stsb_pipeline_format_follows_both_orders_and_labels_are_floats(tmp_path
     _write_stsb(tmp_path, STSB_ROWS, STSB_ROWS[:2])
     cfg = compose_config(["task=stsb", "model=tiny", f"data_dir={tmp_path}", f"task.head_args.both_orders={str(both_orders).lower()}"])
     tokenizer, _ = load_tokenizer(cfg.model, offline=True)
-    data = prepare(cfg, tokenizer, HEADS[cfg.task.head], offline=True)
+    data = prepare(cfg, tokenizer, HEADS[cfg.task.head], True, cfg.task.train_split, list(cfg.task.eval_splits))
     start, delim, extract = template(tokenizer)
     expected = [start + ids(tokenizer, a) + delim + ids(tokenizer, b) + extract for a, b, _ in STSB_ROWS]
     assert list(data.train["input_ids"]) == expected
@@ -451,7 +451,7 @@ def test_pipeline_reports_how_many_examples_were_truncated(tmp_path):
     cfg = compose_config(["task=stsb", "model=tiny", f"data_dir={tmp_path}", "task.max_length=16"])
     tokenizer, _ = load_tokenizer(cfg.model, offline=True)
     lengths = [len(tokenizer(a, b)["input_ids"]) for a, b, _ in rows]
-    data = prepare(cfg, tokenizer, HEADS[cfg.task.head], offline=True)
+    data = prepare(cfg, tokenizer, HEADS[cfg.task.head], True, cfg.task.train_split, list(cfg.task.eval_splits))
     expected = sum(length > 16 for length in lengths)
     assert expected >= 1 and expected < len(rows)
     assert data.stats["train"]["truncated"] == expected and data.stats["validation"]["truncated"] == expected

@@ -37,6 +37,7 @@ class SourceConfig:
     column_names: Optional[List[str]] = None  # names for header-less tsv/csv files
     label_map: Dict[str, str] = field(default_factory=dict)  # raw label value -> label name
     encoding: str = "utf-8-sig"  # utf-8-sig also reads plain UTF-8 and drops MRPC's BOM
+    split_seed: int = 0  # which rows a carved split takes ({from: train, fraction: f}); independent of `seed`
 
 
 @dataclass
@@ -50,9 +51,14 @@ class TaskConfig:
     on_empty_text: str = "error"  # error | drop: rows with an empty text or answer choice
     metrics: List[str] = field(default_factory=lambda: ["accuracy"])
     main_metric: str = "accuracy"
+    main_metric_mode: str = "max"  # max | min: which way is better (best checkpoint, early stopping, Optuna)
     max_length: int = 128
     train_split: str = "train"
     eval_splits: List[str] = field(default_factory=lambda: ["validation"])
+    predict_split: Any = "test"  # mode=predict: a split name or a list of them (MNLI: matched, mismatched)
+    # GLUE leaderboard files written by mode=predict: {files: {split: File.tsv}, labels: {name: value}};
+    # no `labels` for regression (a float with 3 decimals).
+    submission: Optional[Dict[str, Any]] = None
     head_args: Dict[str, Any] = field(default_factory=dict)
 
 
@@ -85,6 +91,12 @@ class OptimConfig:
 
 
 @dataclass
+class EarlyStoppingConfig:
+    patience: Optional[int] = None  # evaluations without improvement before stopping; None = off
+    min_delta: float = 0.0  # an improvement must beat the best by more than this
+
+
+@dataclass
 class TrainerConfig:
     epochs: int = 3
     max_steps: Optional[int] = None  # optimizer steps; overrides epochs when set
@@ -112,6 +124,7 @@ class TrainerConfig:
     num_workers: int = 0
     progress_bar: bool = True
     cpu: bool = False  # force CPU even when a GPU is present
+    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
 
 
 @dataclass
@@ -122,7 +135,16 @@ class PathsConfig:
 
 
 @dataclass
+class ModeConfig:
+    """What the command does with the shared setup (configs/mode/<name>.yaml, finetune.modes)."""
+
+    name: str = "train"  # a name in finetune.modes.MODES
+    fresh_head: bool = False  # evaluate/predict: allow a pretrained backbone with an untrained head
+
+
+@dataclass
 class TrainConfig:
+    mode: ModeConfig = field(default_factory=ModeConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -229,12 +251,25 @@ def validate(cfg) -> None:
     _check(task.max_length >= 8, "task.max_length", task.max_length, "an integer >= 8")
     _check(task.on_unknown_label in ("error", "drop"), "task.on_unknown_label", task.on_unknown_label, "error or drop")
     _check(task.on_empty_text in ("error", "drop"), "task.on_empty_text", task.on_empty_text, "error or drop")
+    _check(task.main_metric_mode in ("max", "min"), "task.main_metric_mode", task.main_metric_mode, "max or min")
+    predict = task.predict_split
+    _check(isinstance(predict, str) or (isinstance(predict, ListConfig) and len(predict) > 0 and all(isinstance(s, str) for s in predict)),
+           "task.predict_split", predict, "a split name or a list of split names")
+    es = t.early_stopping
+    _check(es.patience is None or es.patience >= 1, "trainer.early_stopping.patience", es.patience, "an integer >= 1 or null")
+    _check(es.min_delta >= 0, "trainer.early_stopping.min_delta", es.min_delta, "a number >= 0")
     _check(task.hub is not None or task.local is not None, "task", task.name, "a 'hub' or a 'local' source")
     _check(o.scheduler in SCHEDULERS, "optim.scheduler", o.scheduler, f"one of {', '.join(SCHEDULERS)}")
     m = cfg.model
     if m.from_scratch and m.n_embd is not None:
         n_head = m.n_head if m.n_head is not None else 12  # GPT2Config's default
         _check(m.n_embd % n_head == 0, "model.n_embd", m.n_embd, f"a multiple of model.n_head ({n_head})")
+
+
+def predict_splits(task) -> list[str]:
+    """task.predict_split as a list (MNLI predicts matched and mismatched test sets)."""
+    split = task.predict_split
+    return [split] if isinstance(split, str) else list(split)
 
 
 def to_container(cfg) -> dict:

@@ -72,7 +72,7 @@ def agree_on_launch_time() -> datetime.datetime | None:
     from accelerate import PartialState
     from accelerate.utils import broadcast_object_list, parse_flag_from_env
 
-    # Same CPU decision as finetune.run.make_accelerator (and AcceleratorState): a later
+    # Same CPU decision as finetune.setup.make_accelerator (and AcceleratorState): a later
     # Accelerator(cpu=...) must find the state it expects.
     cpu = parse_flag_from_env("ACCELERATE_USE_CPU") or not torch.cuda.is_available()
     state = PartialState(cpu=cpu)

@@ -55,8 +55,9 @@ class PairCollator:
             "input_ids_swapped": b["input_ids"],
             "attention_mask_swapped": b["attention_mask"],
         }
-        if "labels" in features[0]:
-            batch["labels"] = torch.tensor([f["labels"] for f in features])
+        for key in ("labels", "index"):
+            if key in features[0]:
+                batch[key] = torch.tensor([f[key] for f in features])
         return batch
 
 
@@ -84,8 +85,9 @@ class ChoiceCollator:
         batch = {key: value.view(len(features), num_choices, -1) for key, value in padded.items()}
         if min(sizes) != num_choices:
             batch["choice_mask"] = (torch.arange(num_choices) < torch.tensor(sizes)[:, None]).long()
-        if "labels" in features[0]:
-            batch["labels"] = torch.tensor([f["labels"] for f in features])
+        for key in ("labels", "index"):
+            if key in features[0]:
+                batch[key] = torch.tensor([f[key] for f in features])
         return batch
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import datasets
 from datasets import Dataset, DatasetDict, Features, Value
+from omegaconf import DictConfig, OmegaConf
 
 from finetune.errors import DataError, HubUnavailableError
 
@@ -22,21 +23,56 @@ log = logging.getLogger(__name__)
 FILE_FORMATS = ("tsv", "csv", "json", "jsonl", "parquet", "squad_json")
 
 
-def load_splits(task, splits: list[str], data_dir: str | None, offline: bool) -> tuple[DatasetDict, dict]:
-    """Return the raw splits and, per split, a description of where each came from (for errors)."""
+# Options a split entry may set for its own files (e.g. a GLUE test file with a header and an id
+# column where train and dev have neither); `columns` is merged into the source's roles.
+SPLIT_OPTIONS = ("header", "column_names", "columns", "encoding", "label_map")
+
+
+def task_source(task, data_dir: str | None) -> tuple:
+    """(the source config that applies, its config key): local files with data_dir, else the Hub."""
     if data_dir:
         if task.local is None:
             raise DataError(f"task '{task.name}' has no local source (task.local); unset data_dir to use the Hub")
-        return _load_local(task, task.local, Path(data_dir).expanduser(), splits)
+        return task.local, "task.local"
     if task.hub is None:
         raise DataError(f"task '{task.name}' has no Hub source; set data_dir=<DIR> to read it from local files")
-    return _load_hub(task, task.hub, splits, offline)
+    return task.hub, "task.hub"
+
+
+def load_splits(task, splits: list[str], data_dir: str | None, offline: bool) -> tuple[DatasetDict, dict, dict]:
+    """Return the raw splits, per split a description of where it came from (for errors), and per
+    split the source config that applies to it (the task's source with the split's own options)."""
+    source, _ = task_source(task, data_dir)
+    if data_dir:
+        return _load_local(task, source, Path(data_dir).expanduser(), splits)
+    return _load_hub(task, source, splits, offline)
+
+
+def split_entry(source, split: str, key: str, default=None):
+    """(what the split names: a Hub split, a file or a list of files; the source as it applies to the split).
+
+    An entry is a string, a list of files, or a mapping with `file`/`files` (local), `split` (Hub)
+    and any of SPLIT_OPTIONS.
+    """
+    entry = source.splits.get(split, default)
+    if not isinstance(entry, DictConfig):
+        return entry, source
+    target = entry.get("split") if key == "task.hub" else entry.get("files", entry.get("file"))
+    unknown = set(entry) - set(SPLIT_OPTIONS) - {"file", "files", "split"}
+    if unknown or target is None:
+        raise DataError(
+            f"{key}.splits.{split}: " + (f"unknown key(s) {sorted(unknown)}" if unknown else
+                                          f"no {'split' if key == 'task.hub' else 'file'} given")
+            + f"; a split entry takes {'split' if key == 'task.hub' else 'file (or files)'} and {', '.join(SPLIT_OPTIONS)}"
+        )
+    # OmegaConf.merge merges mappings key by key (columns, label_map) and replaces lists (column_names).
+    return target, OmegaConf.merge(source, {k: entry[k] for k in SPLIT_OPTIONS if k in entry})
 
 
 def _load_hub(task, source, splits, offline):
-    loaded, origins = {}, {}
+    loaded, origins, sources = {}, {}, {}
     for split in splits:
-        hub_split = source.splits.get(split, split)
+        hub_split, sources[split] = split_entry(source, split, "task.hub", default=split)
         try:
             loaded[split] = datasets.load_dataset(source.path, source.name, split=hub_split)
         except (ConnectionError, OSError) as err:
@@ -49,7 +85,7 @@ def _load_hub(task, source, splits, offline):
         except ValueError as err:
             raise DataError(f"dataset '{source.path}' ({source.name}) has no split '{hub_split}': {err}") from err
         origins[split] = f"{source.path}/{source.name or ''}[{hub_split}]"
-    return DatasetDict(loaded), origins
+    return DatasetDict(loaded), origins, sources
 
 
 def _load_local(task, source, data_dir: Path, splits):
@@ -58,14 +94,14 @@ def _load_local(task, source, data_dir: Path, splits):
     if source.format not in FILE_FORMATS:
         raise DataError(f"task '{task.name}': task.local.format '{source.format}' is not one of {', '.join(FILE_FORMATS)}")
     base = data_dir / source.path
-    loaded, origins = {}, {}
+    loaded, origins, sources = {}, {}, {}
     for split in splits:
         if split not in source.splits:
             raise DataError(
                 f"task '{task.name}': no local '{split}' split is configured (task.local.splits has "
                 f"{', '.join(source.splits) or 'none'})"
             )
-        names = source.splits[split]
+        names, sources[split] = split_entry(source, split, "task.local")
         files = [base / name for name in ([names] if isinstance(names, str) else names)]
         missing = [str(f) for f in files if not f.is_file()]
         if missing:
@@ -73,9 +109,9 @@ def _load_local(task, source, data_dir: Path, splits):
                 f"task '{task.name}': local '{split}' split not found: {', '.join(missing)} "
                 f"(point task.local.splits.{split}=<file> at one, or leave data_dir unset to use the Hub)"
             )
-        loaded[split] = _read_files(source, files)
+        loaded[split] = _read_files(sources[split], files)
         origins[split] = ", ".join(str(f) for f in files)
-    return DatasetDict(loaded), origins
+    return DatasetDict(loaded), origins, sources
 
 
 def _read_files(source, files: list[Path]) -> Dataset:

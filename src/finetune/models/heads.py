@@ -38,8 +38,24 @@ def encode_last(backbone, input_ids, attention_mask) -> torch.Tensor:
     return pool_last_token(hidden, attention_mask)
 
 
+def skip_padding_check(backbone) -> None:
+    """Turn off transformers' "We strongly recommend passing in an attention_mask" check on this backbone.
+
+    The sequence heads call the backbone without a padding mask on right-padded batches on purpose
+    (see `encode_last`: exact under causal attention), so the warning it prints at the first step
+    is expected here and would only alarm users; the check also reads two token ids of every batch
+    back to the host. Set per instance: a model loaded elsewhere keeps the check.
+    """
+    backbone.warn_if_padding_and_no_attention_mask = _no_padding_check
+
+
+def _no_padding_check(input_ids, attention_mask) -> None:
+    return None
+
+
 class Head(nn.Module):
     input_format: ClassVar[str] = "text"
+    evaluator: ClassVar[str] = "classes"  # how outputs are gathered and scored (finetune.training.evaluation)
     required_roles: ClassVar[tuple] = ("text", "label")
     optional_roles: ClassVar[tuple] = ()
     text_roles: ClassVar[tuple] = ("text",)
@@ -59,10 +75,10 @@ class Head(nn.Module):
     def regression(self) -> bool:
         return self.num_labels == 1
 
-    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
         if self.regression:
-            return F.mse_loss(logits.squeeze(-1).float(), labels.float())
-        return F.cross_entropy(logits.float(), labels)
+            return F.mse_loss(logits.squeeze(-1).float(), labels.float(), reduction=reduction)
+        return F.cross_entropy(logits.float(), labels, reduction=reduction)
 
     def predictions(self, logits: torch.Tensor) -> torch.Tensor:
         return logits.squeeze(-1).float() if self.regression else logits.argmax(-1)
@@ -157,6 +173,7 @@ class SpanHead(Head):
     """
 
     input_format = "span"
+    evaluator = "spans"
     required_roles = ("id", "question", "context", "answers")
     text_roles = ("question", "context")
     exports_to = "GPT2ForQuestionAnswering"
@@ -178,9 +195,11 @@ class SpanHead(Head):
         padding = batch["attention_mask"] == 0
         return logits.masked_fill(padding.unsqueeze(-1), torch.finfo(logits.dtype).min)
 
-    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Mean of the start and end cross-entropies; `labels` holds (start, end) per window."""
-        return (F.cross_entropy(logits[..., 0], labels[:, 0]) + F.cross_entropy(logits[..., 1], labels[:, 1])) / 2
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+        """Mean of the start and end cross-entropies per window; `labels` holds (start, end) per window."""
+        start = F.cross_entropy(logits[..., 0], labels[:, 0], reduction=reduction)
+        end = F.cross_entropy(logits[..., 1], labels[:, 1], reduction=reduction)
+        return (start + end) / 2
 
     def predictions(self, logits: torch.Tensor) -> torch.Tensor:
         return logits

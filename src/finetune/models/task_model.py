@@ -8,24 +8,39 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import AutoModel, AutoTokenizer
 import transformers
+from transformers import AutoConfig, AutoModel, AutoTokenizer
 
-from finetune.models.heads import HEADS, Head
+from finetune.data.formats import GPT1_TOKENS, configure_tokenizer
+from finetune.models.heads import HEADS, Head, skip_padding_check
+from finetune.training.checkpoint import RUN_INFO as CHECKPOINT_INFO
 
 MANIFEST = "finetune.json"
 HEAD_WEIGHTS = "head.safetensors"
+CHECKPOINT_WEIGHTS = "model.safetensors"  # what accelerator.save_state names the model's weights
 
 
 class TaskModel(nn.Module):
+    """Backbone + head. The loss is a sum over the batch's units divided by `loss_normalizers`
+    (the units of the whole optimizer step, see finetune.training.loop); without normalizers it
+    is the batch mean."""
+
     def __init__(self, backbone: nn.Module, head: Head):
         super().__init__()
+        skip_padding_check(backbone)
         self.backbone = backbone
         self.head = head
 
-    def forward(self, labels=None, **batch):
+    def loss_counts(self, batch) -> dict:
+        """Units each loss term averages over: the task loss over examples (span QA: windows)."""
+        return {"task": len(batch["labels"])}
+
+    def forward(self, labels=None, loss_normalizers=None, **batch):
         logits = self.head(self.backbone, batch)
-        loss = self.head.loss(logits, labels) if labels is not None else None
+        if labels is None:
+            return {"loss": None, "logits": logits}
+        normalizers = loss_normalizers or self.loss_counts({**batch, "labels": labels})
+        loss = self.head.loss(logits, labels, reduction="sum") / normalizers["task"]
         return {"loss": loss, "logits": logits}
 
 
@@ -43,10 +58,36 @@ def build_head(name: str, hidden_size: int, num_labels: int, dropout: float, arg
     return head
 
 
-def export(model: TaskModel, tokenizer, task_cfg, labels: list[str] | None, out_dir: Path) -> None:
+def uses_gpt1_tokens(tokenizer) -> bool:
+    return GPT1_TOKENS["start"] in tokenizer.get_vocab()
+
+
+def manifest_for(model: TaskModel, tokenizer, task_cfg, labels: list[str] | None) -> dict:
+    """What a directory needs besides weights to rebuild the task model and its input format."""
+    return {
+        "task": task_cfg.name,
+        "head": task_cfg.head,
+        "head_args": dict(task_cfg.head_args),
+        "num_labels": model.head.num_labels,
+        "labels": labels,
+        "max_length": task_cfg.max_length,
+        "gpt1_tokens": uses_gpt1_tokens(tokenizer),
+    }
+
+
+def write_model_files(model: TaskModel, tokenizer, manifest: dict, out_dir: Path) -> None:
+    """Backbone config, tokenizer and manifest: with a checkpoint's weights, a loadable model."""
+    out_dir = Path(out_dir)
+    model.backbone.config.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+
+
+def export(model: TaskModel, tokenizer, task_cfg, labels: list[str] | None, out_dir: Path) -> dict:
     """Save weights, tokenizer (with its input template) and a manifest to reload the task model.
 
     Heads with `exports_to` are written as that transformers class, so `pipeline(...)` loads them.
+    Returns the manifest.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -65,22 +106,23 @@ def export(model: TaskModel, tokenizer, task_cfg, labels: list[str] | None, out_
         backbone.save_pretrained(out_dir)
         save_file({k: v.contiguous() for k, v in head.state_dict().items()}, str(out_dir / HEAD_WEIGHTS))
     tokenizer.save_pretrained(out_dir)
-    manifest = {
-        "task": task_cfg.name,
-        "head": task_cfg.head,
-        "head_args": dict(task_cfg.head_args),
-        "num_labels": head.num_labels,
-        "labels": labels,
-        "max_length": task_cfg.max_length,
-    }
+    manifest = manifest_for(model, tokenizer, task_cfg, labels)
     (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+def _configured_tokenizer(model_dir: Path, manifest: dict):
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    gpt1 = manifest.get("gpt1_tokens", uses_gpt1_tokens(tokenizer))
+    configure_tokenizer(tokenizer, gpt1)
+    return tokenizer
 
 
 def load_exported(model_dir: str | Path) -> tuple[TaskModel, object, dict]:
     """Reload an exported directory as (TaskModel, tokenizer, manifest) for framework inference."""
     model_dir = Path(model_dir)
     manifest = json.loads((model_dir / MANIFEST).read_text())
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer = _configured_tokenizer(model_dir, manifest)
     head_cls = HEADS[manifest["head"]]
     if head_cls.exports_to:
         hf_model = getattr(transformers, head_cls.exports_to).from_pretrained(model_dir, dtype=torch.float32)
@@ -92,3 +134,33 @@ def load_exported(model_dir: str | Path) -> tuple[TaskModel, object, dict]:
         head = build_head(manifest["head"], backbone.config.n_embd, manifest["num_labels"], 0.0, manifest["head_args"])
         head.load_state_dict(load_file(str(model_dir / HEAD_WEIGHTS)))
     return TaskModel(backbone, head).eval(), tokenizer, manifest
+
+
+def load_checkpoint_model(checkpoint_dir: str | Path) -> tuple[TaskModel, object, dict]:
+    """Rebuild the task model of a training checkpoint (`checkpoints/step-N`) from its own files."""
+    checkpoint_dir = Path(checkpoint_dir)
+    manifest = json.loads((checkpoint_dir / MANIFEST).read_text())
+    tokenizer = _configured_tokenizer(checkpoint_dir, manifest)
+    config = AutoConfig.from_pretrained(checkpoint_dir)
+    backbone = AutoModel.from_config(config, dtype=torch.float32)
+    head = build_head(manifest["head"], config.n_embd, manifest["num_labels"], 0.0, manifest["head_args"])
+    model = TaskModel(backbone, head)
+    model.load_state_dict(load_file(str(checkpoint_dir / CHECKPOINT_WEIGHTS)))
+    return model.eval(), tokenizer, manifest
+
+
+def trained_kind(path: Path) -> str | None:
+    """'checkpoint', 'exported' or None (not a fine-tuned model directory)."""
+    if (path / CHECKPOINT_INFO).is_file():
+        return "checkpoint"
+    if (path / MANIFEST).is_file():
+        return "exported"
+    return None
+
+
+def load_trained(path: str | Path) -> tuple[TaskModel, object, dict]:
+    path = Path(path)
+    kind = trained_kind(path)
+    if kind == "checkpoint":
+        return load_checkpoint_model(path)
+    return load_exported(path)

@@ -35,10 +35,13 @@ def step_dirs(checkpoint_root: Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def save(accelerator, checkpoint_root: Path, step: int, info: dict, keep: int, protect: set[int], state: dict) -> Path:
+def save(accelerator, checkpoint_root: Path, step: int, info: dict, keep: int, protect: set[int], state: dict,
+         write_model_files=None) -> Path:
     """Save the full training state for `step`; prune all but the last `keep` (and protected) ones.
 
     `state`: name -> object with JSON-serialisable `state_dict()` (identical on every process).
+    `write_model_files(dir)` adds what makes the checkpoint a loadable model by itself (backbone
+    config, tokenizer, manifest: `mode=evaluate model.name_or_path=<checkpoint>`).
     """
     final = checkpoint_root / f"step-{step}"
     temporary = checkpoint_root / f".tmp-step-{step}"
@@ -50,6 +53,8 @@ def save(accelerator, checkpoint_root: Path, step: int, info: dict, keep: int, p
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         (temporary / TRAINER_STATE).write_text(json.dumps({name: obj.state_dict() for name, obj in state.items()}))
+        if write_model_files is not None:
+            write_model_files(temporary)
         (temporary / RUN_INFO).write_text(json.dumps({"step": step, **info}, indent=2))
         if final.exists():
             shutil.rmtree(final)

@@ -1,23 +1,42 @@
-"""The training loop: Accelerate for devices, precision, accumulation, gathering and state."""
+"""The training loop: Accelerate for devices, precision, gathering and state.
+
+One optimizer step reads `trainer.grad_accum` micro-batches per process. Every loss term is a sum
+over its units (examples, or tokens for a language-model loss) divided by the number of units in
+the whole optimizer step, over all micro-batches and processes, counted before the first forward
+pass: with lengths or batch sizes that vary, a mean of per-micro-batch means would weight units
+unequally (the "gradient accumulation fix" transformers made in 2024). DDP averages gradients over
+processes, so each process's loss is multiplied by the number of processes.
+"""
 
 from __future__ import annotations
 
 import logging
 import math
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from accelerate.utils import DistributedType
 from tqdm.auto import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
-from finetune.errors import TrainingDiverged
+from finetune.errors import ConfigError, TrainingDiverged
 from finetune.training import checkpoint
 from finetune.training.batching import build_eval_loader, build_train_loader, compile_model, enable_tf32
 from finetune.training.evaluation import evaluate_split
 from finetune.training.optim import build_optimizer, build_scheduler
+from finetune.training.preemption import Preempted, PreemptionGuard
 
 log = logging.getLogger(__name__)
+
+FILE_ONLY = {"file_only": True}  # `extra=` of log records the console leaves out while the progress bar shows
+
+
+class _FileOnlyFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not getattr(record, "file_only", False)
 
 
 @dataclass
@@ -35,7 +54,12 @@ class Progress:
     best_value: float | None = None
     best_step: int | None = None
     best_metrics: dict = field(default_factory=dict)
-    history: list = field(default_factory=list)
+    history: list = field(default_factory=list)  # one record per evaluation
+    train_log: list = field(default_factory=list)  # {step, loss, lr, ...} every trainer.log_every steps (curves.png)
+    # Early stopping: evaluations since the main metric last improved by more than min_delta, and that value.
+    stale_evaluations: int = 0
+    early_stopping_reference: float | None = None
+    stopped_early: bool = False
 
     def state_dict(self) -> dict:
         return dict(self.__dict__)
@@ -44,14 +68,26 @@ class Progress:
         self.__dict__.update(state)
 
 
+def better(value: float, reference: float | None, mode: str, margin: float = 0.0) -> bool:
+    """Is `value` better than `reference` by more than `margin`, in the direction of `mode` (max|min)?"""
+    if reference is None:
+        return True
+    return value > reference + margin if mode == "max" else value < reference - margin
+
+
 class Trainer:
-    def __init__(self, cfg, accelerator, model, tokenizer, data, run_dir: Path):
+    def __init__(self, cfg, accelerator, model, tokenizer, data, run_dir: Path, write_model_files=None):
         self.cfg, self.accelerator, self.data = cfg, accelerator, data
         self.run_dir = Path(run_dir)
         self.checkpoint_root = self.run_dir / "checkpoints"
         self.trainer_cfg = cfg.trainer
         self.main_metric = cfg.task.main_metric
+        self.metric_mode = cfg.task.main_metric_mode
         self.progress = Progress()
+        self.write_model_files = write_model_files
+        if cfg.trainer.grad_accum > 1 and accelerator.distributed_type == DistributedType.DEEPSPEED:
+            raise ConfigError("trainer.grad_accum > 1 is not supported under DeepSpeed here (its engine accumulates by "
+                              "itself); raise trainer.batch_size or the number of processes instead")
 
         # Batching mode, padding and evaluation order: see finetune.training.batching.
         on_cuda = accelerator.device.type == "cuda"
@@ -66,7 +102,8 @@ class Trainer:
         self.model, self.optimizer, self.train_loader = accelerator.prepare(model, optimizer, train_loader)
         self.eval_loaders = {split: accelerator.prepare(loader) for split, loader in eval_loaders.items()}
 
-        self.steps_per_epoch = math.ceil(len(self.train_loader) / cfg.trainer.grad_accum)
+        self.grad_accum = cfg.trainer.grad_accum
+        self.steps_per_epoch = math.ceil(len(self.train_loader) / self.grad_accum)
         # Examples of the epoch order that one micro-batch consumes over all processes (Accelerate
         # hands consecutive batches of the sampler's order to consecutive processes).
         # With a batch sampler (bucketed, token_budget) batches are the unit of the epoch's order.
@@ -74,23 +111,37 @@ class Trainer:
         self.progress.world_batch = self.world_batch
         self.total_steps = cfg.trainer.max_steps or cfg.trainer.epochs * self.steps_per_epoch
         self.epochs = math.ceil(self.total_steps / self.steps_per_epoch)
+        self._check_early_stopping()
         # Stepped by hand once per optimizer step (not prepared: Accelerate would step it once per process).
         self.scheduler = build_scheduler(optimizer, cfg.optim, self.total_steps)
         self.state = {"scheduler": self.scheduler, "progress": self.progress}  # saved by checkpoint.save as JSON
+
+    def _check_early_stopping(self) -> None:
+        """Early stopping needs evaluations before the last step; say so before training."""
+        patience = self.trainer_cfg.early_stopping.patience
+        if patience is None:
+            return
+        every = self.trainer_cfg.eval_every or self.steps_per_epoch
+        if every >= self.total_steps:
+            where = (f"trainer.eval_every={self.trainer_cfg.eval_every}" if self.trainer_cfg.eval_every
+                     else f"each epoch ({self.steps_per_epoch} steps)")
+            raise ConfigError(
+                f"trainer.early_stopping.patience={patience} needs evaluations during training, but the first one "
+                f"({where}) comes at or after the last step ({self.total_steps}): set trainer.eval_every below {self.total_steps}"
+            )
 
     # ------------------------------------------------------------------ state
     def checkpoint_identity(self) -> dict:
         return {"task": self.cfg.task.name, "head": self.cfg.task.head, "num_labels": self.accelerator.unwrap_model(self.model).head.num_labels}
 
     def resume(self, resume: str) -> None:
-        candidates = checkpoint.resolve_resume(resume, self.checkpoint_root)
+        if resume == "auto" and not checkpoint.step_dirs(self.checkpoint_root):
+            log.info("trainer.resume=auto: no checkpoint in %s yet, starting from step 0", self.checkpoint_root)
+            return
+        candidates = checkpoint.resolve_resume("latest" if resume == "auto" else resume, self.checkpoint_root)
         info = checkpoint.load_latest_valid(self.accelerator, candidates, self.checkpoint_identity(), self.state)
         self._finite_at = self.progress.step  # checkpoints are only written with finite weights
         self._adapt_position()
-        # load_state restores Accelerate's micro-batch counter, which decides where accumulation
-        # windows end; checkpoints are taken at optimizer steps, so restart it at a window boundary
-        # for this run's grad_accum (it may differ from the checkpoint's, e.g. on fewer processes).
-        self.accelerator.step = self.progress.step * self.trainer_cfg.grad_accum
         log.info("resumed from step %d (epoch %d, batch %d of the epoch)", info["step"], self.progress.epoch, self.progress.batches_in_epoch)
 
     def _adapt_position(self) -> None:
@@ -123,6 +174,7 @@ class Trainer:
         return checkpoint.save(
             self.accelerator, self.checkpoint_root, self.progress.step, self.checkpoint_identity(),
             keep=self.trainer_cfg.save_total_limit, protect=protect, state=self.state,
+            write_model_files=self.write_model_files,
         )
 
     # ------------------------------------------------------------- evaluation
@@ -135,99 +187,193 @@ class Trainer:
         }
         first = results[next(iter(results))]
         value = first[self.main_metric]
-        record = {"step": self.progress.step, "epoch": self.progress.step / self.steps_per_epoch, **{f"eval_{s}": r for s, r in results.items()}}
-        self.progress.history.append(record)
-        improved = self.progress.best_value is None or value > self.progress.best_value
-        if improved:
-            self.progress.best_value, self.progress.best_step, self.progress.best_metrics = value, self.progress.step, results
+        p = self.progress
+        record = {"step": p.step, "epoch": p.step / self.steps_per_epoch, **{f"eval_{s}": r for s, r in results.items()}}
+        p.history.append(record)
+        if better(value, p.best_value, self.metric_mode):
+            p.best_value, p.best_step, p.best_metrics = value, p.step, results
+        if better(value, p.early_stopping_reference, self.metric_mode, self.trainer_cfg.early_stopping.min_delta):
+            p.early_stopping_reference, p.stale_evaluations = value, 0
+        else:
+            p.stale_evaluations += 1
         log.info(
             "step %d eval: %s (best %s=%.4f at step %d)",
-            self.progress.step,
+            p.step,
             ", ".join(f"{s}: " + " ".join(f"{k}={v:.4f}" for k, v in r.items() if k != "num_examples") for s, r in results.items()),
-            self.main_metric, self.progress.best_value, self.progress.best_step,
+            self.main_metric, p.best_value, p.best_step,
         )
-        self.accelerator.log({f"eval/{s}/{k}": v for s, r in results.items() for k, v in r.items()}, step=self.progress.step)
+        self.accelerator.log({f"eval/{s}/{k}": v for s, r in results.items() for k, v in r.items()}, step=p.step)
         self.save_checkpoint()
         return results
 
+    def _should_stop_early(self) -> bool:
+        """Every process decides from the same gathered metrics, so all stop at the same step."""
+        patience = self.trainer_cfg.early_stopping.patience
+        if patience is None or self.progress.stale_evaluations < patience:
+            return False
+        p = self.progress
+        p.stopped_early = True
+        log.warning(
+            "early stopping at step %d: %s has not improved by more than %g for %d evaluations (best %.4f at step %d)",
+            p.step, self.main_metric, self.trainer_cfg.early_stopping.min_delta, p.stale_evaluations, p.best_value, p.best_step,
+        )
+        return True
+
     # --------------------------------------------------------------- training
+    def _windows(self, loader):
+        """Micro-batches grouped per optimizer step: grad_accum of them (fewer at the end of an epoch)."""
+        window = []
+        for batch in loader:
+            window.append(batch)
+            if len(window) == self.grad_accum:
+                yield window
+                window = []
+        if window:
+            yield window
+
+    def _step_normalizers(self, window) -> dict:
+        """Units of each loss term in the whole optimizer step, over all micro-batches and processes."""
+        model = self.accelerator.unwrap_model(self.model)
+        totals = {}
+        for batch in window:
+            for name, count in model.loss_counts(batch).items():
+                totals[name] = totals.get(name, 0) + count
+        if self.accelerator.num_processes > 1:
+            names = sorted(totals)
+            summed = self.accelerator.reduce(torch.stack([torch.as_tensor(totals[n], dtype=torch.float32, device=self.accelerator.device)
+                                                          for n in names]), reduction="sum")
+            totals = dict(zip(names, summed))
+        return {name: torch.as_tensor(value, dtype=torch.float32, device=self.accelerator.device).clamp(min=1)
+                for name, value in totals.items()}
+
+    def _train_step(self, window) -> dict:
+        """One optimizer step over a window of micro-batches; returns this process's loss terms (detached)."""
+        accelerator, model = self.accelerator, self.model
+        normalizers = self._step_normalizers(window)
+        terms = {}
+        for i, batch in enumerate(window):
+            last = i == len(window) - 1
+            with nullcontext() if last else accelerator.no_sync(model):
+                out = model(**batch, loss_normalizers=normalizers)
+                accelerator.backward(out["loss"] * accelerator.num_processes)
+            terms["loss"] = terms.get("loss", 0) + out["loss"].detach()
+            for name, value in out.get("loss_terms", {}).items():
+                terms[name] = terms.get(name, 0) + value.detach()
+        accelerator.clip_grad_norm_(model.parameters(), self.cfg.optim.max_grad_norm)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        return terms
+
     def fit(self) -> dict:
         accelerator, cfg = self.accelerator, self.trainer_cfg
-        model, optimizer = self.model, self.optimizer
         if cfg.resume:
             self.resume(cfg.resume)
-        bar = tqdm(
-            total=self.total_steps, initial=self.progress.step, desc="train",
-            disable=not (cfg.progress_bar and accelerator.is_main_process), dynamic_ncols=True,
-        )
-        running_loss = torch.zeros((), device=accelerator.device)
-        running_batches = 0
+        show_bar = cfg.progress_bar and accelerator.is_main_process
+        quiet = _FileOnlyFilter()
+        # With the bar on, console log lines are written through tqdm (never into the middle of the
+        # bar) and the per-step lines go to the log file only: the bar shows loss, lr and speed.
+        with PreemptionGuard() as guard, (logging_redirect_tqdm() if show_bar else nullcontext()):
+            console = [h for h in logging.getLogger().handlers if not isinstance(h, logging.FileHandler)] if show_bar else []
+            for handler in console:
+                handler.addFilter(quiet)
+            try:
+                return self._fit(guard, show_bar)
+            finally:
+                for handler in console:
+                    handler.removeFilter(quiet)
+
+    def _fit(self, guard: PreemptionGuard, show_bar: bool) -> dict:
+        accelerator, cfg, p = self.accelerator, self.trainer_cfg, self.progress
+        bar = tqdm(total=self.total_steps, initial=p.step, desc="train", disable=not show_bar, dynamic_ncols=True)
+        running, running_steps, run_examples = {}, 0, 0
         window_start, window_examples = time.perf_counter(), 0
-        train_start, start_step = time.perf_counter(), self.progress.step
-        model.train()
-        done = self.progress.step >= self.total_steps
-        while not done and self.progress.epoch < self.epochs:
+        train_start, start_step = time.perf_counter(), p.step
+        self.model.train()
+        done = p.step >= self.total_steps
+        while not done and p.epoch < self.epochs:
             # Accelerate's loader calls sampler.set_epoch(its own iteration count) when iterated, and a
             # resumed run's count starts at 0: set both to the epoch we are in.
-            self.sampler.set_epoch(self.progress.epoch)
-            self.train_loader.set_epoch(self.progress.epoch)
+            self.sampler.set_epoch(p.epoch)
+            self.train_loader.set_epoch(p.epoch)
             loader = self.train_loader
-            if self.progress.batches_in_epoch:
-                loader = accelerator.skip_first_batches(self.train_loader, self.progress.batches_in_epoch)
-            for batch in loader:
-                with accelerator.accumulate(model):
-                    loss = model(**batch)["loss"]
-                    accelerator.backward(loss)
-                    if accelerator.sync_gradients:
-                        accelerator.clip_grad_norm_(model.parameters(), self.cfg.optim.max_grad_norm)
-                    optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
-                self.progress.batches_in_epoch += 1
-                self.progress.examples_in_epoch += self.world_batch
-                batch_examples = len(batch["labels"]) * accelerator.num_processes
-                self.progress.examples_seen += batch_examples
-                window_examples += batch_examples
-                running_loss += loss.detach()
-                running_batches += 1
-                if not accelerator.sync_gradients:
-                    continue
-                self.scheduler.step()
-                self.progress.step += 1
+            if p.batches_in_epoch:
+                loader = accelerator.skip_first_batches(self.train_loader, p.batches_in_epoch)
+            for window in self._windows(loader):
+                terms = self._train_step(window)
+                p.batches_in_epoch += len(window)
+                p.examples_in_epoch += self.world_batch * len(window)
+                step_examples = sum(len(batch["labels"]) for batch in window) * accelerator.num_processes
+                p.examples_seen += step_examples
+                run_examples += step_examples
+                window_examples += step_examples
+                for name, value in terms.items():
+                    running[name] = running.get(name, 0) + value
+                running_steps += 1
+                p.step += 1
                 bar.update(1)
-                at_end = self.progress.step >= self.total_steps
-                if self.progress.step % cfg.log_every == 0 or at_end:
-                    mean_loss = accelerator.reduce(running_loss, reduction="mean").item() / running_batches
-                    self._check_finite(mean_loss)
-                    elapsed = time.perf_counter() - window_start
-                    lr = self.scheduler.get_last_lr()[0]
-                    bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}", ex_s=f"{window_examples / elapsed:.0f}")
-                    accelerator.log({"train/loss": mean_loss, "train/lr": lr, "train/examples_per_s": window_examples / elapsed}, step=self.progress.step)
-                    log.info("step %d loss %.4f lr %.3e %.0f examples/s", self.progress.step, mean_loss, lr, window_examples / elapsed)
-                    running_loss.zero_()
-                    running_batches, window_start, window_examples = 0, time.perf_counter(), 0
-                if cfg.eval_every and self.progress.step % cfg.eval_every == 0 and not at_end:
+                at_end = p.step >= self.total_steps
+                if p.step % cfg.log_every == 0 or at_end:
+                    self._log_training(running, running_steps, window_examples / (time.perf_counter() - window_start), bar)
+                    running, running_steps, window_start, window_examples = {}, 0, time.perf_counter(), 0
+                evaluated = False
+                if cfg.eval_every and p.step % cfg.eval_every == 0 and not at_end:
                     self.evaluate()
+                    evaluated = True
+                if guard.requested(accelerator):
+                    self._preempted(guard, bar, checkpointed=evaluated)
+                if evaluated and self._should_stop_early():
+                    at_end = True
                 if at_end:
                     done = True
                     break
             if not done:
-                self.progress.epoch += 1
-                self.progress.batches_in_epoch = 0
-                self.progress.examples_in_epoch = 0
+                p.epoch += 1
+                p.batches_in_epoch = 0
+                p.examples_in_epoch = 0
                 if cfg.eval_every is None:
                     self.evaluate()
+                    done = self._should_stop_early()
         bar.close()
         train_seconds = time.perf_counter() - train_start
-        if not self.progress.history or self.progress.history[-1]["step"] != self.progress.step:
+        if not p.history or p.history[-1]["step"] != p.step:
             self.evaluate()
-        steps_run = self.progress.step - start_step
+        steps_run = p.step - start_step
         return {
-            "steps": self.progress.step,
-            "epochs": self.progress.step / self.steps_per_epoch,
+            "steps": p.step,
+            "max_steps": self.total_steps,
+            "epochs": p.step / self.steps_per_epoch,
             "train_seconds": train_seconds,
             "steps_per_second": steps_run / train_seconds if train_seconds > 0 else None,
-            "examples_seen": self.progress.examples_seen,
+            "examples_per_second": run_examples / train_seconds if train_seconds > 0 else None,
+            "examples_seen": p.examples_seen,
+            "stopped_early": p.stopped_early,
+            "stopped_at_step": p.step if p.stopped_early else None,
         }
+
+    def _log_training(self, running: dict, steps: int, examples_per_s: float, bar) -> None:
+        """Mean of each loss term over the steps since the last log line, over all processes."""
+        names = sorted(running)
+        values = torch.stack([torch.as_tensor(running[n], dtype=torch.float32, device=self.accelerator.device) for n in names])
+        values = self.accelerator.reduce(values, reduction="sum") if self.accelerator.num_processes > 1 else values
+        means = {n: float(v) / steps for n, v in zip(names, values.cpu().tolist())}
+        self._check_finite(means["loss"])
+        lr = self.scheduler.get_last_lr()[0]
+        step = self.progress.step
+        bar.set_postfix(loss=f"{means['loss']:.4f}", lr=f"{lr:.2e}", ex_s=f"{examples_per_s:.0f}")
+        self.accelerator.log({**{f"train/{n}": v for n, v in means.items()}, "train/lr": lr, "train/examples_per_s": examples_per_s}, step=step)
+        self.progress.train_log.append({"step": step, **means, "lr": lr})
+        others = "".join(f" {n} {v:.4f}" for n, v in means.items() if n != "loss")
+        log.info("step %d loss %.4f%s lr %.3e %.0f examples/s", step, means["loss"], others, lr, examples_per_s, extra=FILE_ONLY)
+
+    def _preempted(self, guard: PreemptionGuard, bar, checkpointed: bool) -> None:
+        bar.close()
+        path = self.checkpoint_root / f"step-{self.progress.step}" if checkpointed else self.save_checkpoint()
+        log.warning("stopped by %s after step %d; checkpoint %s", guard.signal_name or "a signal on another process", self.progress.step, path)
+        raise Preempted(
+            f"stopped by {guard.signal_name or 'a signal on another process'} after step {self.progress.step} of {self.total_steps}; "
+            f"checkpoint {path}: continue with trainer.resume=latest (same hydra.run.dir)"
+        )
 
     def _check_weights_finite(self) -> None:
         params = [p.detach() for p in self.model.parameters()]

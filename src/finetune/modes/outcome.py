@@ -1,0 +1,14 @@
+"""What a mode hands back to finetune.run: its context, metrics.json content and summary lines."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from finetune.setup import RunContext
+
+
+@dataclass
+class Outcome:
+    ctx: RunContext
+    metrics: dict  # metrics.json, without the environment section finetune.run adds
+    summary: list[str] = field(default_factory=list)  # printed at the end, after "outputs in <run dir>"
