@@ -79,27 +79,60 @@ def _popen(args: list[str]) -> subprocess.Popen:
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
-def test_kill_9_mid_epoch_then_resume_latest_gives_the_uninterrupted_weights_and_metrics(tmp_path):
-    straight_dir, killed_dir = tmp_path / "straight", tmp_path / "killed"
-    straight = _popen([*KILL_CFG, f"hydra.run.dir={straight_dir}"])
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory):
+    """The uninterrupted run every interrupted one is compared with; started at once, awaited on use."""
+    run_dir = tmp_path_factory.mktemp("straight")
+    process = _popen([*KILL_CFG, f"hydra.run.dir={run_dir}"])
+
+    def finished() -> Path:
+        _, err = process.communicate(timeout=400)
+        assert process.returncode == 0, err[-3000:]
+        return run_dir
+
+    yield finished
+    if process.poll() is None:
+        process.kill()
+
+
+def _wait_for_checkpoint(process: subprocess.Popen, checkpoints: Path, at_least: int) -> None:
+    """Poll until a checkpoint of step >= at_least exists; every step-N directory appears complete."""
+    deadline = time.monotonic() + 400
+    while True:
+        assert process.poll() is None, f"the run ended before it could be interrupted: {process.stderr.read()[-3000:]}"
+        assert time.monotonic() < deadline, "no checkpoint appeared in time"
+        steps = step_numbers(checkpoints)
+        for step in steps:
+            directory = checkpoints / f"step-{step}"
+            # A step-N directory only ever appears complete (written under .tmp-step-N, then renamed).
+            if directory.is_dir() and not (directory / RUN_INFO).is_file():
+                assert not directory.exists(), f"{directory} exists without {RUN_INFO}"  # (unless just pruned)
+        if steps and steps[-1] >= at_least:
+            return
+        time.sleep(0.02)
+
+
+def _assert_resumed_run_equals_the_straight_one(straight_dir: Path, resumed_dir: Path, resumed_at: int) -> None:
+    assert_same_weights(straight_dir / "model" / "model.safetensors", resumed_dir / "model" / "model.safetensors")
+    assert_same_weights(straight_dir / "checkpoints" / "step-40" / "model.safetensors",
+                        resumed_dir / "checkpoints" / "step-40" / "model.safetensors")
+    a = json.loads((straight_dir / "metrics.json").read_text())
+    b = json.loads((resumed_dir / "metrics.json").read_text())
+    assert a["eval"] == b["eval"] and a["best_step"] == b["best_step"]
+    assert a["best_step"] > resumed_at  # so the exported model above was trained after the resume
+    assert [h["step"] for h in a["history"]] == [5, 10, 15, 20, 25, 30, 35, 40] == [h["step"] for h in b["history"]]
+    assert a["history"] == b["history"]
+    assert a["train"]["steps"] == b["train"]["steps"] == 40
+    assert a["train"]["examples_seen"] == b["train"]["examples_seen"]
+
+
+def test_kill_9_mid_epoch_then_resume_latest_gives_the_uninterrupted_weights_and_metrics(tmp_path, straight_run):
+    killed_dir = tmp_path / "killed"
     killed = _popen([*KILL_CFG, f"hydra.run.dir={killed_dir}"])
     checkpoints = killed_dir / "checkpoints"
-    seen: set[int] = set()
-    deadline = time.monotonic() + 400
     try:
-        while True:
-            assert killed.poll() is None, f"the run ended before it could be killed: {killed.stderr.read()[-3000:]}"
-            assert time.monotonic() < deadline, "no checkpoint appeared in time"
-            for step in step_numbers(checkpoints):
-                directory = checkpoints / f"step-{step}"
-                # A step-N directory only ever appears complete (written under .tmp-step-N, then renamed).
-                if directory.is_dir() and not (directory / RUN_INFO).is_file():
-                    assert not directory.exists(), f"{directory} exists without {RUN_INFO}"  # (unless just pruned)
-                seen.add(step)
-            if seen and max(seen) >= 15:  # past the first epoch (12 steps), in the middle of the second
-                os.kill(killed.pid, signal.SIGKILL)
-                break
-            time.sleep(0.02)
+        _wait_for_checkpoint(killed, checkpoints, at_least=15)  # past the first epoch (12 steps), mid second
+        os.kill(killed.pid, signal.SIGKILL)
         killed.wait(timeout=60)
     finally:
         if killed.poll() is None:
@@ -111,23 +144,43 @@ def test_kill_9_mid_epoch_then_resume_latest_gives_the_uninterrupted_weights_and
 
     resumed = _popen([*KILL_CFG, f"hydra.run.dir={killed_dir}", "trainer.resume=latest"])
     _, resumed_err = resumed.communicate(timeout=400)
-    _, straight_err = straight.communicate(timeout=400)
-    assert straight.returncode == 0, straight_err[-3000:]
     assert resumed.returncode == 0, resumed_err[-3000:]
     epoch, batch = divmod(latest, STEPS_PER_EPOCH)
     assert f"resumed from step {latest} (epoch {epoch}, batch {batch} of the epoch)" in log_text(killed_dir)
+    _assert_resumed_run_equals_the_straight_one(straight_run(), killed_dir, latest)
 
-    assert_same_weights(straight_dir / "model" / "model.safetensors", killed_dir / "model" / "model.safetensors")
-    assert_same_weights(straight_dir / "checkpoints" / "step-40" / "model.safetensors",
-                        killed_dir / "checkpoints" / "step-40" / "model.safetensors")
-    a = json.loads((straight_dir / "metrics.json").read_text())
-    b = json.loads((killed_dir / "metrics.json").read_text())
-    assert a["eval"] == b["eval"] and a["best_step"] == b["best_step"]
-    assert a["best_step"] > latest  # so the exported model above was trained after the resume
-    assert [h["step"] for h in a["history"]] == [5, 10, 15, 20, 25, 30, 35, 40] == [h["step"] for h in b["history"]]
-    assert a["history"] == b["history"]
-    assert a["train"]["steps"] == b["train"]["steps"] == 40
-    assert a["train"]["examples_seen"] == b["train"]["examples_seen"]
+
+def test_sigterm_twice_at_a_random_step_checkpoints_that_step_then_resumes_bitwise(tmp_path, straight_run):
+    """SLURM/spot preemption: SIGTERM (here twice, the second while stopping) at a random moment after
+    step 5; the run finishes its step, checkpoints it, exits 75; resume=latest ends like the straight run."""
+    import random
+
+    stopped_dir = tmp_path / "stopped"
+    stopped = _popen([*KILL_CFG, f"hydra.run.dir={stopped_dir}"])
+    delay = random.Random().uniform(0.0, 0.15)
+    try:
+        _wait_for_checkpoint(stopped, stopped_dir / "checkpoints", at_least=5)
+        time.sleep(delay)
+        os.kill(stopped.pid, signal.SIGTERM)
+        time.sleep(0.005)
+        os.kill(stopped.pid, signal.SIGTERM)
+        _, err = stopped.communicate(timeout=120)
+    finally:
+        if stopped.poll() is None:
+            stopped.kill()
+    assert stopped.returncode == 75, (delay, err[-3000:])
+    message = [line for line in err.splitlines() if line.startswith("stopped: ")]
+    assert len(message) == 1 and "stopped by SIGTERM after step" in message[0] and "trainer.resume=latest" in message[0], err[-3000:]
+    stopped_at = int(re.search(r"after step (\d+) of 40", message[0]).group(1))
+    assert step_numbers(stopped_dir / "checkpoints")[-1] == stopped_at < 40
+    assert "SIGTERM received again: already stopping" in log_text(stopped_dir)
+    assert not (stopped_dir / "metrics.json").exists() and not list((stopped_dir / "checkpoints").glob(".tmp-*"))
+
+    resumed = _popen([*KILL_CFG, f"hydra.run.dir={stopped_dir}", "trainer.resume=latest"])
+    _, resumed_err = resumed.communicate(timeout=400)
+    assert resumed.returncode == 0, resumed_err[-3000:]
+    assert f"resumed from step {stopped_at} " in log_text(stopped_dir)
+    _assert_resumed_run_equals_the_straight_one(straight_run(), stopped_dir, stopped_at)
 
 
 # ------------------------------------------------------------------- broken newest checkpoint
@@ -316,3 +369,14 @@ def test_src_runs_no_shell_or_subprocess():
     pattern = re.compile(r"\bimport subprocess\b|\bfrom subprocess\b|\bsubprocess\.|os\.system\(|os\.popen\(|shell\s*=\s*True|os\.exec\w*\(|os\.spawn\w*\(")
     offenders = [f"{path}: {m.group(0)}" for path, text in _sources().items() for m in pattern.finditer(text)]
     assert not offenders, offenders
+
+
+def test_resume_auto_starts_fresh_without_a_checkpoint_and_resumes_with_one(tmp_path):
+    run_dir = tmp_path / "run"
+    first = train_in_process([*SMALL, "trainer.max_steps=4", "trainer.eval_every=4", "trainer.resume=auto"], run_dir)
+    assert first.code in (0, None), first.stderr[-3000:]
+    assert "trainer.resume=auto: no checkpoint" in log_text(run_dir, first.stdout)
+    again = train_in_process([*SMALL, "trainer.max_steps=6", "trainer.eval_every=2", "trainer.resume=auto"], run_dir)
+    assert again.code in (0, None), again.stderr[-3000:]
+    assert "resumed from step 4 " in log_text(run_dir, again.stdout)
+    assert json.loads((run_dir / "metrics.json").read_text())["train"]["steps"] == 6

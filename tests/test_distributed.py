@@ -98,7 +98,7 @@ def test_two_processes_write_one_run_directory(runs):
     log_dir = runs["two"]
     run_dirs = _run_dirs(log_dir)
     assert len(run_dirs) == 1, run_dirs
-    task_dir = log_dir / "quickstart"
+    task_dir = log_dir / "quickstart" / "train"
     assert [p.name for p in task_dir.iterdir()] == [run_dirs[0].name], "a rank composed its own run directory"
     assert len(list(log_dir.rglob(".hydra"))) == 1
     assert len(list(log_dir.rglob("*.log"))) == 1
@@ -113,6 +113,7 @@ def test_two_processes_write_one_run_directory(runs):
 def test_two_processes_match_one_process_with_same_global_batch(runs):
     (two,), (one,) = _run_dirs(runs["two"]), _run_dirs(runs["one"])
     m2, m1 = (json.loads((d / "metrics.json").read_text()) for d in (two, one))
+    assert m2["environment"]["num_processes"] == 2 and m1["environment"]["num_processes"] == 1
     for metrics in (m1, m2):
         assert metrics["train"]["examples_seen"] == 6 * 16
         for record in metrics["history"]:
@@ -206,3 +207,24 @@ def test_accelerate_config_loads_and_validates(name, monkeypatch):
             assert hasattr(modeling_gpt2, "GPT2Block")
     if name == "multi_node.yaml":
         assert args.main_process_port == 29500 and args.machine_rank == 0
+
+
+@pytest.mark.slow
+@needs_gloo
+def test_evaluate_and_predict_on_two_processes_count_every_example_once(runs, tmp_path):
+    """101 dev examples (odd): Accelerate pads the last batch; each example is scored and written once."""
+    (two,) = _run_dirs(runs["two"])
+    trained = json.loads((two / "metrics.json").read_text())
+    common = [*COMMON, f"model.name_or_path={two / 'model'}"]
+    _launch([*common, "mode=evaluate", f"hydra.run.dir={tmp_path / 'evaluate'}"], tmp_path, processes=2)
+    _launch([*common, "mode=predict", "task.predict_split=validation", f"hydra.run.dir={tmp_path / 'predict'}"],
+            tmp_path, processes=2)
+    evaluated = json.loads((tmp_path / "evaluate" / "metrics.json").read_text())
+    assert evaluated["environment"]["num_processes"] == 2
+    assert evaluated["eval"] == trained["eval"]  # the exported best model scores as it did in training
+    rows = (tmp_path / "predict" / "predictions" / "validation.tsv").read_text().splitlines()
+    assert len(rows) == 1 + DEV_SIZE
+    assert sorted(int(line.split("\t")[0]) for line in rows[1:]) == list(range(DEV_SIZE))
+    predicted = json.loads((tmp_path / "predict" / "metrics.json").read_text())
+    assert predicted["eval"] == trained["eval"]
+    assert len(list((tmp_path / "predict").rglob("*.log"))) == 1

@@ -57,3 +57,19 @@ def test_saved_model_reproduces_framework_predictions_through_pipeline(sst2_run)
     classify = pipeline("text-classification", model=str(sst2_run / "model"), device="cpu")
     theirs = [manifest["labels"].index(item["label"]) for item in classify(texts, batch_size=16)]
     assert ours == theirs
+
+
+def test_predict_writes_the_sst2_leaderboard_file_and_evaluate_reproduces_the_dev_metrics(sst2_run, tmp_path):
+    from test_bad_inputs import train_in_process
+
+    common = ["task=sst2", f"data_dir={SHARED_DATA}", f"model.name_or_path={sst2_run / 'model'}", "trainer.tracker=null"]
+    predicted = train_in_process([*common, "mode=predict"], tmp_path / "predict")
+    assert predicted.code in (0, None), predicted.stderr[-3000:]
+    glue = (tmp_path / "predict" / "glue" / "SST-2.tsv").read_text().splitlines()
+    assert glue[0] == "index\tprediction" and len(glue) == 1 + 1821  # the GLUE SST-2 test set
+    assert [line.split("\t")[0] for line in glue[1:]] == [str(i) for i in range(1821)]
+    assert len((tmp_path / "predict" / "predictions" / "test.tsv").read_text().splitlines()) == 1 + 1821
+    evaluated = train_in_process([*common, "mode=evaluate"], tmp_path / "evaluate")
+    assert evaluated.code in (0, None), evaluated.stderr[-3000:]
+    trained = json.loads((sst2_run / "metrics.json").read_text())
+    assert json.loads((tmp_path / "evaluate" / "metrics.json").read_text())["eval"] == trained["eval"]

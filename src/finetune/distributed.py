@@ -101,8 +101,14 @@ def _main_process(on_main=None, on_others=None):
     return on_main if is_main_process() else on_others
 
 
+def _optimization_direction(metric_mode: str) -> str:
+    """Optuna's direction for task.main_metric_mode (max -> maximize, min -> minimize)."""
+    return {"max": "maximize", "min": "minimize"}[metric_mode]
+
+
 def register_resolvers() -> None:
     # use_cache like Hydra's `now`: Hydra copies the cache from the sweep config into every job's
     # config, which is what keeps one sweep directory for all jobs.
     OmegaConf.register_new_resolver("ft.now", _now, use_cache=True, replace=True)
     OmegaConf.register_new_resolver("ft.main_process", _main_process, replace=True)
+    OmegaConf.register_new_resolver("ft.direction", _optimization_direction, replace=True)

@@ -114,7 +114,7 @@ def _trained_model(cfg):
         raise ModelError(f"model.name_or_path '{name}': could not load the fine-tuned model ({type(err).__name__}: {first}); "
                          f"its files may be corrupt or incomplete") from err
     if cfg.model.tokenizer:
-        log.warning("model.tokenizer is ignored: a fine-tuned model is read with its own tokenizer (%s)", name)
+        log.info("model.tokenizer is not used: a fine-tuned model is read with its own tokenizer (%s)", name)
     n_positions = getattr(model.backbone.config, "n_positions", None)
     if n_positions is not None and cfg.task.max_length > n_positions:
         raise ModelError(f"task.max_length={cfg.task.max_length} is longer than the model's context window "
@@ -147,12 +147,16 @@ def setup(cfg, *, train_split: str | None, eval_splits: list[str], trained: bool
     labels = task_labels(cfg.task)
     loaded = _trained_model(cfg) if trained else None
     if trained and loaded is None and not cfg.mode.fresh_head:
-        if not Path(cfg.model.name_or_path).expanduser().exists():
-            raise ModelError(f"model.name_or_path '{cfg.model.name_or_path}' does not exist (mode={cfg.mode.name} needs a "
-                             f"fine-tuned model: a run's model/ or checkpoints/step-N directory)")
+        name = cfg.model.name_or_path
+        if cfg.model.from_scratch:
+            what = f"model '{name}' is a new random model (model.from_scratch=true), not a fine-tuned one"
+        elif not Path(name).expanduser().exists():
+            what = f"model.name_or_path '{name}' does not exist as a directory, so it is not a fine-tuned model"
+        else:
+            what = f"model.name_or_path '{name}' is not a fine-tuned model (no {MANIFEST})"
         raise ModelError(
-            f"model.name_or_path '{cfg.model.name_or_path}' is not a fine-tuned model (no {MANIFEST}): evaluating an untrained "
-            f"head is almost always a mistake; pass a run's model/ or checkpoints/step-N directory, or set mode.fresh_head=true"
+            f"{what}: evaluating an untrained head is almost always a mistake; pass a run's model/ or "
+            f"checkpoints/step-N directory as model.name_or_path, or set mode.fresh_head=true"
         )
     if loaded is not None:
         model, tokenizer, source = loaded

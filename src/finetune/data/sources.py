@@ -14,7 +14,7 @@ from pathlib import Path
 
 import datasets
 from datasets import Dataset, DatasetDict, Features, Value
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from finetune.errors import DataError, HubUnavailableError
 
@@ -65,8 +65,12 @@ def split_entry(source, split: str, key: str, default=None):
                                           f"no {'split' if key == 'task.hub' else 'file'} given")
             + f"; a split entry takes {'split' if key == 'task.hub' else 'file (or files)'} and {', '.join(SPLIT_OPTIONS)}"
         )
-    # OmegaConf.merge merges mappings key by key (columns, label_map) and replaces lists (column_names).
-    return target, OmegaConf.merge(source, {k: entry[k] for k in SPLIT_OPTIONS if k in entry})
+    # OmegaConf.merge merges mappings key by key (columns, label_map) and replaces lists (column_names);
+    # the split may add roles the task-wide columns do not name (e.g. a test file's `id`).
+    merged = OmegaConf.merge(source, {})
+    with open_dict(merged):
+        merged.merge_with({k: entry[k] for k in SPLIT_OPTIONS if k in entry})
+    return target, merged
 
 
 def _load_hub(task, source, splits, offline):
