@@ -133,3 +133,40 @@ def test_command_line_entry_point(sweep):
     assert all((sweep / name).is_file() for name in ("report.md", "report.csv", "report.png"))
     missing = subprocess.run([sys.executable, "-m", "finetune.report", str(sweep / "nope")], capture_output=True, text=True, timeout=120)
     assert missing.returncode == 2 and "is not a directory" in missing.stderr
+
+
+def test_folds_are_replicates_like_seeds(tmp_path):
+    """`-m 'task.local.fold=range(5)'`: one row, n = 5, mean ± sample std over the folds, the best fold.
+    accuracy 0.70, 0.80, 0.90, 0.60, 0.75 -> mean 0.75, std sqrt((0.05² + 0.05² + 0.15² + 0.15² + 0) / 4) = sqrt(0.0125)."""
+    root = tmp_path / "multirun" / "folds"
+    for fold, accuracy in enumerate([0.70, 0.80, 0.90, 0.60, 0.75]):
+        _job(root, fold, ["task=trec", "task.local.folds=5", f"task.local.fold={fold}"], {"accuracy": accuracy}, task="trec")
+    jobs = report.collect(root)
+    assert [job.fold for job in jobs] == ["0", "1", "2", "3", "4"] and all(job.setting == () for job in jobs)
+    [row] = report.summarise(jobs)
+    assert (row["n"], row["folds"], row["best"], row["best_fold"], row["replicate"]) == (5, ["0", "1", "2", "3", "4"], 0.90, "2", "fold 2")
+    assert row["metrics"]["accuracy"]["mean"] == pytest.approx(0.75, abs=1e-12)
+    assert row["metrics"]["accuracy"]["std"] == pytest.approx(math.sqrt(0.0125), abs=1e-12)
+    out = tmp_path / "out"
+    assert report.main([str(root), "--out", str(out)]) == 0
+    markdown = (out / "report.md").read_text()
+    assert "over seeds and folds" in markdown and "Common overrides: `task.local.folds=5`" in markdown
+    assert f"| trec | (defaults) | 0.7500 ± {math.sqrt(0.0125):.4f} | 5 | accuracy=0.9000 (fold 2) |" in markdown
+    with (out / "report.csv").open() as handle:
+        [csv_row] = list(csv.DictReader(handle))
+    assert (csv_row["n"], csv_row["folds"], csv_row["best_fold"]) == ("5", "0 1 2 3 4", "2")
+
+
+def test_seeds_crossed_with_folds_and_folds_read_from_config_yaml(tmp_path):
+    """2 seeds x 2 folds per setting is n = 4; without overrides.yaml the fold comes from config.yaml."""
+    root = tmp_path / "sweep"
+    values = {(1, 0): 0.5, (1, 1): 0.6, (2, 0): 0.7, (2, 1): 0.8}
+    for num, ((seed, fold), accuracy) in enumerate(values.items()):
+        job = _job(root, num, [], {"accuracy": accuracy}, task="trec", hydra_dir=False)
+        (job / "config.yaml").write_text(yaml.safe_dump({
+            "task": {"name": "trec", "main_metric": "accuracy", "local": {"folds": 2, "fold": fold}}, "seed": seed,
+            "optim": {"lr": 1e-5}, "paths": {"output_dir": str(job)},
+        }))
+    [row] = report.summarise(report.collect(root))
+    assert (row["n"], row["seeds"], row["folds"], row["replicate"]) == (4, ["1", "1", "2", "2"], ["0", "1"], "seed 2, fold 1")
+    assert row["metrics"]["accuracy"]["mean"] == pytest.approx(0.65)

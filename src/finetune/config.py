@@ -37,6 +37,17 @@ class SourceConfig:
     column_names: Optional[List[str]] = None  # names for header-less tsv/csv files
     label_map: Dict[str, str] = field(default_factory=dict)  # raw label value -> label name
     encoding: str = "utf-8-sig"  # utf-8-sig also reads plain UTF-8 and drops MRPC's BOM
+    # format: lines is one example per line (column `text`). A split's list may hold {file: x.pos,
+    # label: positive} entries: one label for every row of that file (column `label`).
+    # `pattern`: a regular expression with named groups, matched against each whole line of a lines
+    # file (other formats: the value of pattern_column); its groups become columns.
+    pattern: Optional[str] = None
+    pattern_column: Optional[str] = None
+    on_unmatched: str = "error"  # error | drop: a line the pattern does not match (drop counts them)
+    # K-fold cross-validation: the first eval split is fold `fold` (0-based) of the train split, train the
+    # other folds (stratified by label, drawn with split_seed). Sweep: -m 'task.local.fold=range(K)'
+    folds: Optional[int] = None
+    fold: Optional[int] = None
     split_seed: int = 0  # which rows a carved split takes ({from: train, fraction: f}); independent of `seed`
 
 
@@ -242,6 +253,13 @@ def validate(cfg) -> None:
     for key, source in (("task.hub", task.hub), ("task.local", task.local)):
         if source is not None:
             _check(_known_encoding(source.encoding), f"{key}.encoding", source.encoding, "a Python codec name, e.g. utf-8-sig or latin-1")
+            _check(source.on_unmatched in ("error", "drop"), f"{key}.on_unmatched", source.on_unmatched, "error or drop")
+            _check(source.folds is None or source.folds >= 2, f"{key}.folds", source.folds, "an integer >= 2 or null")
+            if source.folds is not None:
+                _check(source.fold is not None and 0 <= source.fold < source.folds, f"{key}.fold", source.fold,
+                       f"a fold in 0..{source.folds - 1} ({key}.folds={source.folds}; all of them: -m '{key}.fold=range({source.folds})')")
+            else:
+                _check(source.fold is None, f"{key}.fold", source.fold, f"null unless {key}.folds is set (the number of folds)")
     _check(t.pad_to_multiple_of is None or t.pad_to_multiple_of >= 1, "trainer.pad_to_multiple_of", t.pad_to_multiple_of, "an integer >= 1 or null")
     for key in ("max_train_samples", "max_eval_samples"):
         value = t[key]

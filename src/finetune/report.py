@@ -2,13 +2,15 @@
 
 Reads every job directory of a Hydra multirun (one with `.hydra/overrides.yaml`, `metrics.json`,
 `config.yaml` or `failure.json`), groups the jobs by task and setting (the overrides other than
-`task` and `seed`), and writes report.md, report.csv and report.png.
+`task`, `seed` and the cross-validation fold `task.local.fold` / `task.hub.fold`), and writes
+report.md, report.csv and report.png.
 
 * Metrics are the job's reported evaluation (metrics.json "eval": the best evaluation on the first
   eval split, the checkpoint that was exported).
-* Each metric is given as mean ± std over seeds; std is the SAMPLE standard deviation (ddof=1,
-  as numpy.std(..., ddof=1)); it is empty when a group has one job. `n` counts successful jobs;
-  `best` is the highest main metric in the group and the seed that reached it.
+* Each metric is given as mean ± std over the group's replicates: its seeds and folds (the K jobs
+  of `-m 'task.local.fold=range(K)'` are one row, n = K); std is the SAMPLE standard deviation
+  (ddof=1, as numpy.std(..., ddof=1)); it is empty when a group has one job. `n` counts successful
+  jobs; `best` is the highest main metric in the group and the seed (or fold) that reached it.
 * Overrides that are the same in every job are printed once ("common overrides") and left out of
   the setting; when a job has no .hydra/overrides.yaml (e.g. `hydra.output_subdir=null`), its
   overrides are the config.yaml keys whose values differ between jobs.
@@ -30,7 +32,8 @@ from pathlib import Path
 
 import yaml
 
-GROUP_KEYS = ("task", "seed")  # not part of a "setting"
+FOLD_KEYS = ("task.local.fold", "task.hub.fold")  # a cross-validation fold is a replicate, like a seed
+GROUP_KEYS = ("task", "seed", *FOLD_KEYS)  # not part of a "setting"
 MARKERS = ("metrics.json", "failure.json", "config.yaml", ".hydra")
 REPORT_NAMES = ("report.md", "report.csv", "report.png")
 
@@ -42,6 +45,7 @@ class Job:
     overrides: list = field(default_factory=list)
     task: str | None = None
     seed: str | None = None
+    fold: str | None = None
     main_metric: str | None = None
     metrics: dict = field(default_factory=dict)
     ok: bool = False
@@ -123,6 +127,8 @@ def _read_job(root: Path, path: Path) -> tuple[Job, dict]:
     overrides = dict(_split_override(o) for o in job.overrides)
     job.task = job.task or overrides.get("task") or flat_config.get("task.name")
     job.seed = overrides.get("seed", str(flat_config["seed"]) if "seed" in flat_config else None)
+    folds = [overrides.get(key, flat_config.get(key)) for key in FOLD_KEYS]
+    job.fold = next((str(fold) for fold in folds if fold is not None), None)
     job.main_metric = job.main_metric or flat_config.get("task.main_metric")
     return job, flat_config
 
@@ -170,7 +176,8 @@ def _setting_text(setting: tuple) -> str:
 
 
 def summarise(jobs: list[Job]) -> list[dict]:
-    """One row per (task, setting): per metric mean, sample std, max; n; best main metric and seed."""
+    """One row per (task, setting): per metric mean, sample std, max; n; best main metric and its seed
+    (and fold); `replicate` names that job: its seed, "fold i", or both when both vary."""
     groups: dict[tuple, list[Job]] = {}
     for job in jobs:
         if job.ok:
@@ -184,7 +191,8 @@ def summarise(jobs: list[Job]) -> list[dict]:
             metric_names += [m for m in job.metrics if m not in metric_names]
         main = members[0].main_metric or (metric_names[0] if metric_names else None)
         row = {"task": task, "setting": _setting_text(setting), "n": len(members), "main_metric": main,
-               "seeds": [job.seed for job in sorted(members, key=lambda j: _sort_key(j.seed))], "metrics": {}}
+               "seeds": [job.seed for job in sorted(members, key=lambda j: _sort_key(j.seed))],
+               "folds": sorted({job.fold for job in members if job.fold is not None}, key=_sort_key), "metrics": {}}
         for name in metric_names:
             values = [job.metrics[name] for job in members if name in job.metrics]
             row["metrics"][name] = {
@@ -196,11 +204,21 @@ def summarise(jobs: list[Job]) -> list[dict]:
         scored = [job for job in members if main in job.metrics]
         if scored:
             best = max(scored, key=lambda job: job.metrics[main])
-            row["best"], row["best_seed"] = best.metrics[main], best.seed
+            row["best"], row["best_seed"], row["best_fold"] = best.metrics[main], best.seed, best.fold
         else:
-            row["best"], row["best_seed"] = math.nan, None
+            row["best"], row["best_seed"], row["best_fold"] = math.nan, None, None
+        row["replicate"] = _replicate(row, row["best_seed"], row["best_fold"])
         rows.append(row)
     return rows
+
+
+def _replicate(row: dict, seed, fold) -> str | None:
+    """The seed, "fold i", or "seed s, fold i" when the group has several seeds and folds."""
+    if seed is None and fold is None:
+        return None
+    if fold is None:
+        return seed
+    return f"seed {seed}, fold {fold}" if len(set(row["seeds"])) > 1 else f"fold {fold}"
 
 
 def _fmt(value: float, digits: int = 4) -> str:
@@ -219,12 +237,14 @@ def to_markdown(sweep_dir: Path, jobs: list[Job], rows: list[dict]) -> str:
     names = _metric_columns(rows)
     failed = [job for job in jobs if not job.ok]
     lines = [f"# Sweep report: {sweep_dir}", ""]
+    folds = any(row["folds"] for row in rows)
+    over = "seeds and folds" if folds else "seeds"
     lines.append(f"{len(jobs)} jobs, {len(jobs) - len(failed)} succeeded, {len(failed)} failed. "
-                 "Cells: mean ± sample std (n - 1) over seeds; best: highest main metric (seed).")
+                 f"Cells: mean ± sample std (n - 1) over {over}; best: highest main metric ({'seed or fold' if folds else 'seed'}).")
     common = common_overrides(jobs)
     if common:
         lines += ["", "Common overrides: `" + " ".join(common) + "`"]
-    lines += ["", "| task | setting | " + " | ".join(names) + " | n | best (seed) |",
+    lines += ["", "| task | setting | " + " | ".join(names) + f" | n | best ({'seed/fold' if folds else 'seed'}) |",
               "|---|---|" + "---|" * len(names) + "---|---|"]
     for row in rows:
         cells = []
@@ -236,7 +256,7 @@ def to_markdown(sweep_dir: Path, jobs: list[Job], rows: list[dict]) -> str:
                 cells.append(_fmt(stats["mean"]))
             else:
                 cells.append(f"{_fmt(stats['mean'])} ± {_fmt(stats['std'])}")
-        best = f"{row['main_metric']}={_fmt(row['best'])} ({row['best_seed']})" if row["best_seed"] is not None else ""
+        best = f"{row['main_metric']}={_fmt(row['best'])} ({row['replicate']})" if row["replicate"] is not None else ""
         lines.append(f"| {row['task']} | {row['setting']} | " + " | ".join(cells) + f" | {row['n']} | {best} |")
     if failed:
         lines += ["", "## Failed jobs", "", "| job | overrides | error |", "|---|---|---|"]
@@ -248,15 +268,15 @@ def to_markdown(sweep_dir: Path, jobs: list[Job], rows: list[dict]) -> str:
 
 def write_csv(path: Path, rows: list[dict], jobs: list[Job]) -> None:
     names = _metric_columns(rows)
-    header = ["task", "setting", "n", "seeds", "main_metric", "best", "best_seed"]
+    header = ["task", "setting", "n", "seeds", "folds", "main_metric", "best", "best_seed", "best_fold"]
     for name in names:
         header += [f"{name}_mean", f"{name}_std", f"{name}_max"]
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(header)
         for row in rows:
-            out = [row["task"], row["setting"], row["n"], " ".join(str(s) for s in row["seeds"]),
-                   row["main_metric"], _fmt(row["best"], 6), row["best_seed"]]
+            out = [row["task"], row["setting"], row["n"], " ".join(str(s) for s in row["seeds"]), " ".join(row["folds"]),
+                   row["main_metric"], _fmt(row["best"], 6), row["best_seed"], row["best_fold"]]
             for name in names:
                 stats = row["metrics"].get(name)
                 out += [_fmt(stats["mean"], 6), _fmt(stats["std"], 6), _fmt(stats["max"], 6)] if stats else ["", "", ""]

@@ -8,9 +8,11 @@ per candidate) or to a dotted path into a nested column (`choices.text`).
 
 from __future__ import annotations
 
+import bisect
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+import numpy as np
 from datasets import ClassLabel, Dataset
 
 from finetune.errors import DataError
@@ -19,16 +21,40 @@ DROPPED = -1  # marks a row whose label is unknown when task.on_unknown_label=dr
 
 
 @dataclass
-class Origin:
-    """Where a split came from, to name file and row in error messages."""
+class FileRows:
+    """The rows one file (or Hub split) gave a split, and where each one is in it."""
 
-    description: str
-    first_row_line: int | None  # line number of data row 0 in a text file, None for other sources
+    where: str  # the file, or the Hub split
+    count: int
+    unit: str = "row"  # "line" in a text file
+    first: int = 1  # the number of row 0 when the rows are consecutive
+    numbers: np.ndarray | None = None  # the number of every row when they are not (blank or dropped lines)
 
     def row(self, index: int) -> str:
-        if self.first_row_line is None:
+        number = int(self.numbers[index]) if self.numbers is not None else self.first + index
+        return f"{self.where} {self.unit} {number}"
+
+    def keep(self, indices: np.ndarray) -> FileRows:
+        """The rows left after keeping only `indices` (sorted)."""
+        numbers = self.numbers[indices] if self.numbers is not None else self.first + indices
+        return FileRows(self.where, len(indices), self.unit, self.first, numbers)
+
+
+@dataclass
+class Origin:
+    """Where a split came from, to name the file and line (or row) of a row in error messages."""
+
+    description: str
+    parts: list[FileRows] = field(default_factory=list)  # per file (or Hub split), in row order
+
+    def __post_init__(self):
+        self._starts = [0, *np.cumsum([part.count for part in self.parts[:-1]], dtype=np.int64).tolist()]
+
+    def row(self, index: int) -> str:
+        if not self.parts:
             return f"{self.description} row {index + 1}"
-        return f"{self.description} line {index + self.first_row_line}"
+        which = bisect.bisect_right(self._starts, index) - 1
+        return self.parts[which].row(index - self._starts[which])
 
 
 def _column_of(path: str) -> str:
