@@ -44,6 +44,8 @@ class PreemptionGuard:
         return self
 
     def __exit__(self, *exc):
+        if self.signal_name is not None:  # stopping: keep ignoring signals until the process has exited
+            return False
         for sig, previous in self._previous.items():
             signal.signal(sig, previous)
         self._previous.clear()
