@@ -33,7 +33,7 @@ else
     for candidate in python3 python3.13 python3.12 python3.11 python3.10 python; do
         if suitable "$candidate"; then py=$candidate; break; fi
     done
-    [ -n "$py" ] || fail "finetune needs Python 3.10 or newer; python3 is $(describe python3): install one and run again, or name it with PYTHON=/path/to/python3"
+    [ -n "$py" ] || fail "finetune needs Python 3.10 or newer and found none on PATH (python3: $(describe python3)); install one, or pass PYTHON=/path/to/python3.x"
 fi
 
 python_key="python $("$py" -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
