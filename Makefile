@@ -1,5 +1,6 @@
 # `make quickstart` and `make test` set up .venv the first time (scripts/venv.sh: torch first, then
-# finetune with its EXTRAS), reuse it after that, and run the offline quickstart or the test suite.
+# finetune with its EXTRAS), reuse it after that, and run the offline quickstart or the test suite;
+# `make venv` only sets up.
 #
 # Settings, given on the command line (`make test TORCH_INDEX=...`):
 #   PYTHON       a Python 3.10+; default: the first of python3, python3.13 ... python3.10 on PATH
