@@ -90,10 +90,10 @@ def main() -> None:
         gap = float(np.abs(values - reference).max())
         if labels is None:
             print(f"  {name:44s} mean score {values.mean():.4f}  ratio framework/this {reference.mean() / values.mean():.3f}  "
-                  f"max |score difference| {gap:.3g}")
+                  f"max |score difference| {gap:.4g}")
         else:
             flips = int((values.argmax(-1) != reference.argmax(-1)).sum())
-            print(f"  {name:44s} max |probability difference| {gap:.3g}  different labels {flips} of {len(reference)}")
+            print(f"  {name:44s} max |probability difference| {gap:.4g}  different labels {flips} of {len(reference)}")
 
 
 if __name__ == "__main__":

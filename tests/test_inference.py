@@ -281,7 +281,7 @@ def test_a_directory_that_is_not_an_export_is_one_clear_error(tmp_path, runs):
     ("mrpc", ["one sentence", "another"], r"input 0: a single string, but a 'similarity' model reads"),
     ("rte", [("a premise", "")], r"input 0: 'text_pair' is empty"),
     ("sst2", [{"sentence": "good"}], r"input 0: unknown key\(s\) \['sentence'\]; a 'classification' model reads a string"),
-    ("sst2", ["good", ("a", "b")], r"'text_pair' is given for some examples and not others"),
+    ("sst2", ["good", ("good", "bad")], r"input 1: a tuple of 2; a 'classification' model reads a string or a dict with key 'text'$"),
     ("storycloze", {"context": "a story", "choices": "the end"}, r"'choices' must be a non-empty list of strings, got str"),
     ("storycloze", "a story", r"a 'multiple_choice' model reads a \(context, choices\) tuple"),
     ("storycloze", {"context": "a", "choices": ["x", "y", "z"]}, r"an example has 3 choices, but this model names 2 candidate positions"),
@@ -294,6 +294,16 @@ def test_inputs_of_the_wrong_shape_are_one_clear_error(runs, name, inputs, messa
         predictor.predict(inputs)
     assert "\n" not in str(err.value)
     assert isinstance(err.value, ValueError)
+
+
+def test_optional_roles_come_for_all_examples_or_none():
+    """A classifier's manifest without `input_roles` (older exports) takes texts or pairs, not both at once."""
+    from finetune.inference import parse_inputs
+
+    columns, single = parse_inputs([("a", "b"), {"text": "c", "text_pair": "d"}], "classification", ("text",), ("text_pair",))
+    assert columns == {"text": ["a", "c"], "text_pair": ["b", "d"]} and not single
+    with pytest.raises(InputError, match=r"'text_pair' is given for some examples and not others"):
+        parse_inputs(["good", ("a", "b")], "classification", ("text",), ("text_pair",))
 
 
 def test_predicting_prints_no_attention_mask_warning(runs):

@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import importlib.abc
-import importlib.util
 import sys
 import warnings
 
@@ -37,7 +36,8 @@ class _RegisterPipelinesOnImport(importlib.abc.MetaPathFinder):
     """Registers finetune's pipelines right after `transformers.pipelines` is first imported.
 
     Registering at `import finetune` would import transformers.pipelines (and torch) there, a few
-    seconds for every `python -m finetune.report`; this finder only wraps that module's loading.
+    seconds for every `python -m finetune.report`; this finder only wraps that module's loading:
+    the other finders find it, and once it has run, the pipelines are registered and the finder leaves.
     """
 
     target = "transformers.pipelines"
@@ -45,14 +45,21 @@ class _RegisterPipelinesOnImport(importlib.abc.MetaPathFinder):
     def find_spec(self, fullname, path=None, target=None):
         if fullname != self.target:
             return None
-        sys.meta_path.remove(self)  # once; and the real finders below find the module
-        spec = importlib.util.find_spec(fullname)
-        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
+        for finder in sys.meta_path:
+            if finder is not self and hasattr(finder, "find_spec"):
+                spec = finder.find_spec(fullname, path, target)
+                if spec is not None:
+                    break
+        else:
+            return None
+        if spec.loader is None or not hasattr(spec.loader, "exec_module"):
             return spec
         exec_module = spec.loader.exec_module
 
         def exec_and_register(module):
             exec_module(module)
+            if self in sys.meta_path:
+                sys.meta_path.remove(self)
             _register_pipelines()
 
         spec.loader.exec_module = exec_and_register

@@ -24,7 +24,9 @@ from finetune.errors import InputError, ModelError
 from finetune.training.evaluation import SingleProcess, SplitOutputs, split_outputs
 
 TARGET_ROLES = ("label", "answers")  # what a model predicts; never an input
-DEFAULT_BATCH_SIZE = 32
+# The evaluation batch of a run with default settings (trainer.eval_batch_size = 4 x batch_size):
+# the same batches give bit-identical numbers; other batch shapes differ by float32 rounding only.
+DEFAULT_BATCH_SIZE = 128
 
 
 def softmax(scores: np.ndarray) -> np.ndarray:
@@ -75,20 +77,26 @@ def predict_rows(accelerator, model, loader, features, examples, labels: list[st
 # Inputs as a user writes them -> the standardised rows of the data pipeline (finetune.data.columns)
 
 
-def input_roles(head_cls) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """(required, optional) roles a head reads as input, in the order a tuple gives them."""
+def input_roles(head_cls, trained_with: list[str] | None = None) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(required, optional) roles a head reads as input, in the order a tuple gives them.
+
+    `trained_with` (the manifest's `input_roles`) fixes the optional ones: a classifier trained on
+    single texts takes no pair, one trained on pairs needs them.
+    """
     required = tuple(r for r in head_cls.required_roles if r not in TARGET_ROLES and r != "id")
     optional = tuple(r for r in head_cls.optional_roles if r not in TARGET_ROLES and r != "id")
+    if trained_with is not None:
+        required += tuple(r for r in optional if r in trained_with)
+        optional = ()
     return required, optional
 
 
-def describe_input(head_name: str, head_cls) -> str:
-    """What one example looks like for this head, for error messages."""
-    required, optional = input_roles(head_cls)
+def describe_input(head_name: str, required: tuple, optional: tuple) -> str:
+    """What one example looks like for this model, for error messages."""
     roles = required + optional
     forms = (["a string"] if len(required) == 1 else []) + ([f"a ({', '.join(roles)}) tuple"] if len(roles) > 1 else [])
     keys = ", ".join(repr(r) for r in roles) + (f" ({', '.join(repr(r) for r in optional)} optional)" if optional else "")
-    return f"a '{head_name}' model reads {', '.join(forms)} or a dict with keys {keys}"
+    return f"a '{head_name}' model reads {', '.join(forms)} or a dict with key{'s' if len(roles) > 1 else ''} {keys}"
 
 
 def _is_example(item) -> bool:
@@ -103,26 +111,25 @@ def _check_text(value, role: str, where: str) -> str:
     return value
 
 
-def _example(item, head_name: str, head_cls, where: str) -> dict:
-    required, optional = input_roles(head_cls)
+def _example(item, describe: str, required: tuple, optional: tuple, where: str) -> dict:
     roles = required + optional
     if isinstance(item, dict):
         unknown = [key for key in item if key not in roles]
         if unknown:
-            raise InputError(f"{where}: unknown key(s) {unknown}; {describe_input(head_name, head_cls)}")
+            raise InputError(f"{where}: unknown key(s) {unknown}; {describe}")
         values = {role: item[role] for role in roles if item.get(role) is not None}
     elif isinstance(item, str):
         values = {roles[0]: item}
     elif isinstance(item, tuple):
         if not len(required) <= len(item) <= len(roles):
-            raise InputError(f"{where}: a tuple of {len(item)}; {describe_input(head_name, head_cls)}")
+            raise InputError(f"{where}: a tuple of {len(item)}; {describe}")
         values = dict(zip(roles, item))
     else:
-        raise InputError(f"{where}: a {type(item).__name__}; {describe_input(head_name, head_cls)}")
+        raise InputError(f"{where}: a {type(item).__name__}; {describe}")
     missing = [role for role in required if role not in values]
     if missing:
         given = "a single string" if isinstance(item, str) else f"no {', '.join(repr(r) for r in missing)}"
-        raise InputError(f"{where}: {given}, but {describe_input(head_name, head_cls)}")
+        raise InputError(f"{where}: {given}, but {describe}")
     for role, value in values.items():
         if role == "choices":
             if not isinstance(value, (list, tuple)) or not value:
@@ -133,27 +140,26 @@ def _example(item, head_name: str, head_cls, where: str) -> dict:
     return values
 
 
-def parse_inputs(inputs, head_name: str, head_cls) -> tuple[dict, bool]:
+def parse_inputs(inputs, head_name: str, required: tuple, optional: tuple = ()) -> tuple[dict, bool]:
     """Columns (role -> values) of the examples in `inputs`, and whether `inputs` was one example.
 
     One example is a string, a tuple (roles in order) or a dict (role -> value); anything else
     iterable (a list, a generator, a pandas Series) is a batch of examples.
     """
+    describe = describe_input(head_name, required, optional)
     single = _is_example(inputs)
     if single:
         items = [inputs]
     elif isinstance(inputs, Iterable):
         items = list(inputs)
     else:
-        raise InputError(f"inputs: a {type(inputs).__name__}; {describe_input(head_name, head_cls)}, or a list of them")
-    examples = [_example(item, head_name, head_cls, "input" if single else f"input {i}") for i, item in enumerate(items)]
-    required, optional = input_roles(head_cls)
+        raise InputError(f"inputs: a {type(inputs).__name__}; {describe}, or a list of them")
+    examples = [_example(item, describe, required, optional, "input" if single else f"input {i}") for i, item in enumerate(items)]
     columns = {role: [e[role] for e in examples] for role in required}
     for role in optional:
         given = [role in e for e in examples]
         if any(given) and not all(given):
-            raise InputError(f"inputs: '{role}' is given for some examples and not others ({describe_input(head_name, head_cls)}): "
-                             f"predict them in separate calls")
+            raise InputError(f"inputs: '{role}' is given for some examples and not others ({describe}): predict them in separate calls")
         if examples and all(given):
             columns[role] = [e[role] for e in examples]
     return columns, single
@@ -191,8 +197,9 @@ class Predictor:
       chosen position, e.g. "B"), plus `choice`, the chosen candidate's text.
     - span QA: `prediction`, the answer string cut out of the context (empty when none is valid).
 
-    Inputs per head: see `describe_input` (e.g. a string; a (text, text_pair) tuple; a dict
-    {"context": ..., "choices": [...]}; a (question, context) tuple). A head that generates text
+    Inputs: the head's roles (`input_roles`) as a tuple in order or a dict: e.g. a string (or a
+    (text, text_pair) tuple for a classifier trained on pairs); a (text, text_pair) tuple; a dict
+    {"context": ..., "choices": [...]}; a (question, context) tuple. A head that generates text
     (an LM export) would add a `generate` method beside `predict` on the same model and tokenizer.
     """
 
@@ -210,6 +217,7 @@ class Predictor:
         self.head_cls = HEADS[self.head]
         self.labels = manifest.get("labels")
         self.input_format = self.head_cls.format_for(manifest.get("head_args") or {})
+        self.roles = input_roles(self.head_cls, manifest.get("input_roles"))
         self.batch_size = batch_size
 
     def __repr__(self) -> str:
@@ -224,7 +232,7 @@ class Predictor:
         """(standardised rows as a `datasets.Dataset`, whether `inputs` was one example)."""
         from datasets import Dataset
 
-        columns, single = parse_inputs(inputs, self.head, self.head_cls)
+        columns, single = parse_inputs(inputs, self.head, *self.roles)
         if self.head_cls.evaluator == "spans":  # windows are matched back to their question by id
             columns["id"] = [str(i) for i in range(len(next(iter(columns.values()))))]
         return Dataset.from_dict(columns), single

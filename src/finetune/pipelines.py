@@ -55,7 +55,7 @@ class FinetunePipeline(Pipeline):
     def __init__(self, model, tokenizer=None, **kwargs):
         super().__init__(model, tokenizer, **kwargs)
         from finetune.data.formats import configure_tokenizer
-        from finetune.inference import Predictor
+        from finetune.inference import DEFAULT_BATCH_SIZE, Predictor
         from finetune.models.task_model import MANIFEST, exported_class, task_model_from_export, trained_kind
 
         model_dir = Path(getattr(self.model, "name_or_path", "") or ".")
@@ -77,7 +77,7 @@ class FinetunePipeline(Pipeline):
             raise ModelError(f"'{model_dir}': no tokenizer was loaded with the model")
         configure_tokenizer(self.tokenizer, manifest.get("gpt1_tokens", False))  # as finetune.load reads it
         self.predictor = Predictor(task_model_from_export(self.model, manifest, model_dir), self.tokenizer, manifest,
-                                   device=self.device, batch_size=self._batch_size or 32)
+                                   device=self.device, batch_size=self._batch_size or DEFAULT_BATCH_SIZE)
 
     def _sanitize_parameters(self, **kwargs):
         if kwargs:

@@ -64,6 +64,15 @@ def uses_gpt1_tokens(tokenizer) -> bool:
     return GPT1_TOKENS["start"] in tokenizer.get_vocab()
 
 
+def trained_input_roles(task_cfg) -> list[str]:
+    """The input roles (text, text_pair, context, ...) the task's sources give the head: a classifier
+    trained on single texts then takes no pair at inference (finetune.inference), nor the reverse."""
+    head_cls = HEADS[task_cfg.head]
+    given = {role for source in (task_cfg.local, task_cfg.hub) if source is not None for role in source.columns}
+    return [role for role in head_cls.required_roles + head_cls.optional_roles
+            if role not in ("id", "label", "answers") and (role in head_cls.required_roles or role in given)]
+
+
 def manifest_for(model: TaskModel, tokenizer, task_cfg, labels: list[str] | None) -> dict:
     """What a directory needs besides weights to rebuild the task model and its input format."""
     return {
@@ -74,6 +83,7 @@ def manifest_for(model: TaskModel, tokenizer, task_cfg, labels: list[str] | None
         "labels": labels,
         "max_length": task_cfg.max_length,
         "gpt1_tokens": uses_gpt1_tokens(tokenizer),
+        "input_roles": trained_input_roles(task_cfg),
     }
 
 

@@ -30,10 +30,16 @@ def plain_pipeline_agrees(manifest: dict) -> bool:
     return manifest["head"] in PIPELINE_TASKS and not both_orders(manifest)
 
 
+def _pairs(manifest: dict) -> bool:
+    return "text_pair" in (manifest.get("input_roles") or HEADS[manifest["head"]].required_roles)
+
+
 def _example(manifest: dict) -> str:
     if manifest["head"] == "multiple_choice":
         count = len(manifest.get("labels") or []) or 2
         return f'{{"context": "Anna was tired after work.", "choices": {CHOICES[:count]!r}}}'
+    if manifest["head"] == "classification" and _pairs(manifest):
+        return EXAMPLES["entailment"]
     return EXAMPLES[manifest["head"]]
 
 
@@ -73,7 +79,7 @@ def _how_to_load(manifest: dict) -> str:
         "",
     ]
     if plain_pipeline_agrees(manifest):
-        pair = head != "classification"
+        pair = _pairs(manifest)
         plain = '{"text": "A man is playing a guitar.", "text_pair": "A man is making music."}' if pair else example
         extra = ', function_to_apply="none"' if manifest.get("labels") is None else ""
         lines += [
