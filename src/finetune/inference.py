@@ -294,5 +294,13 @@ def load(path: str | Path, device=None, batch_size: int = DEFAULT_BATCH_SIZE) ->
     if trained_manifest(path, what) is None:
         raise ModelError(f"{what} is not a fine-tuned finetune model (no finetune.json): pass a run's model/ or "
                          f"checkpoints/step-N directory")
-    model, tokenizer, manifest = open_trained(path, what)
+    from transformers.utils import logging as hf_logging
+
+    shown = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # no "Loading weights" bar for a model of a few files
+    try:
+        model, tokenizer, manifest = open_trained(path, what)
+    finally:
+        if shown:
+            hf_logging.enable_progress_bar()
     return Predictor(model, tokenizer, manifest, device=device, batch_size=batch_size)

@@ -19,7 +19,7 @@ from finetune.training.checkpoint import RUN_INFO as CHECKPOINT_INFO
 MANIFEST = "finetune.json"
 HEAD_WEIGHTS = "head.safetensors"
 CHECKPOINT_WEIGHTS = "model.safetensors"  # what accelerator.save_state names the model's weights
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")  # an export's
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")  # an export has one
 
 
 class TaskModel(nn.Module):
