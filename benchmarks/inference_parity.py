@@ -1,11 +1,11 @@
 """Do a run's exported model predict, through each way of loading it, what the framework predicts?
 
-On the first `--examples` rows of the run's dev split, the framework's predictions (what mode=predict
+On the run's dev split (or its first `--examples` rows), the framework's predictions (what mode=predict
 writes: setup -> evaluation loader -> finetune.inference.predict_rows) against
 - `finetune.load(<run>/model).predict(...)` and `pipeline("finetune-text-classification")`;
 - transformers' plain `pipeline("text-classification")` on the same directory (one order of a pair).
 
-    python benchmarks/inference_parity.py <run dir> [--examples 100]
+    python benchmarks/inference_parity.py <run dir> [--examples N]
 
 Prints, per way: the mean predicted score (regression) or the largest class-probability difference
 and the number of different labels (classification), and the largest difference to the framework.
@@ -21,7 +21,7 @@ import numpy as np
 from omegaconf import OmegaConf, open_dict
 
 
-def framework_predictions(run_dir: Path, examples: int):
+def framework_predictions(run_dir: Path, examples: int | None):
     """(prediction rows, standardised dev rows, labels) the way mode=predict computes them."""
     from finetune.inference import predict_rows
     from finetune.modes.evaluate import eval_loaders
@@ -65,13 +65,17 @@ def plain_pipeline(model_dir: Path, rows, labels: list[str] | None) -> np.ndarra
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dir", type=Path)
-    parser.add_argument("--examples", type=int, default=100)
+    parser.add_argument("--examples", type=int, default=None, help="the first N dev rows (default: all)")
     args = parser.parse_args()
 
     import finetune
     from transformers import pipeline
 
     model_dir = args.run_dir / "model"
+    manifest = finetune.load(model_dir, device="cpu").manifest
+    if manifest["head"] not in ("classification", "entailment", "similarity"):
+        raise SystemExit(f"{model_dir} has a '{manifest['head']}' head: transformers has no pipeline to compare it with "
+                         f"(tests/test_inference.py checks it against mode=predict)")
     framework, rows, labels = framework_predictions(args.run_dir, args.examples)
     inputs = [(a, b) for a, b in zip(rows["text"], rows["text_pair"])] if "text_pair" in rows.column_names else list(rows["text"])
     reference = as_matrix(framework, labels)
@@ -81,7 +85,6 @@ def main() -> None:
             pipeline("finetune-text-classification", model=str(model_dir), device="cpu")(inputs), labels),
         'plain pipeline("text-classification")': plain_pipeline(model_dir, rows, labels),
     }
-    manifest = finetune.load(model_dir, device="cpu").manifest
     print(f"{args.run_dir}: task {manifest['task']}, head {manifest['head']} {manifest['head_args']}, "
           f"first {len(reference)} rows of the dev split")
     if labels is None:
