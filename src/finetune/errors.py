@@ -19,6 +19,10 @@ class ModelError(FinetuneError):
     pass
 
 
+class InputError(FinetuneError, ValueError):
+    """Inputs passed to a predictor (finetune.load) that do not fit the model's head."""
+
+
 class HubUnavailableError(FinetuneError):
     pass
 

@@ -8,7 +8,6 @@ splits may come without labels.
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,12 +22,9 @@ from finetune.errors import ModelError
 from finetune.hub import set_offline_mode
 from finetune.models.backbone import check_backbone_for_task, load_backbone, load_tokenizer
 from finetune.models.heads import HEADS
-from finetune.models.task_model import (
-    CHECKPOINT_WEIGHTS, MANIFEST, TaskModel, build_head, load_trained, trained_kind,
-)
+from finetune.models.task_model import MANIFEST, TaskModel, build_head, open_trained, trained_manifest
 
 log = logging.getLogger("finetune")
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 
 
 @dataclass(frozen=True)
@@ -95,24 +91,13 @@ def _trained_model(cfg):
     """(model, tokenizer, source) for evaluate/predict: the fine-tuned model at model.name_or_path."""
     name = cfg.model.name_or_path
     path = Path(name).expanduser()
-    kind = trained_kind(path) if path.is_dir() else None
-    if kind is None:
+    what = f"model.name_or_path '{name}'"
+    found = trained_manifest(path, what)
+    if found is None:
         return None
-    weights = [CHECKPOINT_WEIGHTS] if kind == "checkpoint" else WEIGHT_FILES
-    if not any((path / w).is_file() for w in weights):
-        raise ModelError(f"model.name_or_path '{name}' has no weights ({' or '.join(weights)}): it is not a complete "
-                         f"{'checkpoint' if kind == 'checkpoint' else 'exported model'} directory")
-    manifest_file = path / MANIFEST
-    if not manifest_file.is_file():
-        raise ModelError(f"checkpoint '{name}' has no {MANIFEST} (written by an older version): evaluate the run's model/ directory")
-    manifest = json.loads(manifest_file.read_text())
+    kind, manifest = found
     check_trained_for_task(manifest, cfg.task, name)
-    try:
-        model, tokenizer, manifest = load_trained(path)
-    except (OSError, ValueError, RuntimeError, KeyError) as err:
-        first = next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
-        raise ModelError(f"model.name_or_path '{name}': could not load the fine-tuned model ({type(err).__name__}: {first}); "
-                         f"its files may be corrupt or incomplete") from err
+    model, tokenizer, manifest = open_trained(path, what)
     if cfg.model.tokenizer:
         log.info("model.tokenizer is not used: a fine-tuned model is read with its own tokenizer (%s)", name)
     n_positions = getattr(model.backbone.config, "n_positions", None)

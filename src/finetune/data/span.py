@@ -136,6 +136,7 @@ def finalize(features, rows, training: bool, where: str):
 
     Evaluation features get `feature_index` (their row in the dataset), which the collator passes
     along so gathered scores are matched to their offsets whatever order processes return them in.
+    Rows without an `answers` column (questions to answer, finetune.inference) need no gold answer.
     """
     if training:
         drop = features["drop"]
@@ -151,7 +152,7 @@ def finalize(features, rows, training: bool, where: str):
         seen = set()
         duplicate = next(i for i in ids if i in seen or seen.add(i))
         raise DataError(f"{where}: question id {duplicate!r} occurs more than once (span QA needs unique ids)")
-    for example_id, answers in zip(ids, rows["answers"]):
+    for example_id, answers in zip(ids, rows["answers"] if "answers" in rows.column_names else ()):
         if not (answers or {}).get("text"):
             raise DataError(f"{where}: question id {example_id!r} has no gold answer to score against")
     return features.add_column("feature_index", list(range(len(features)))), 0

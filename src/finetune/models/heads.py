@@ -61,6 +61,7 @@ class Head(nn.Module):
     text_roles: ClassVar[tuple] = ("text",)
     exports_to: ClassVar[str | None] = None  # transformers class the weights map onto, if any
     export_module: ClassVar[str] = "score"  # the layer that becomes `<exports_to>.<export_module>`
+    pipeline_task: ClassVar[str | None] = None  # the transformers pipeline finetune registers for it (finetune.pipelines)
 
     def __init__(self, hidden_size: int, num_labels: int, dropout: float, args: dict):
         super().__init__()
@@ -95,6 +96,7 @@ class ClassificationHead(Head):
     optional_roles = ("text_pair",)
     text_roles = ("text", "text_pair")
     exports_to = "GPT2ForSequenceClassification"
+    pipeline_task = "finetune-text-classification"
 
     def __init__(self, hidden_size, num_labels, dropout, args):
         super().__init__(hidden_size, num_labels, dropout, args)
@@ -142,6 +144,7 @@ class MultipleChoiceHead(Head):
     input_format = "choices"
     required_roles = ("context", "choices", "label")
     text_roles = ("context", "choices")
+    pipeline_task = "finetune-multiple-choice"
 
     def __init__(self, hidden_size, num_labels, dropout, args):
         super().__init__(hidden_size, num_labels, dropout, args)
@@ -178,6 +181,7 @@ class SpanHead(Head):
     text_roles = ("question", "context")
     exports_to = "GPT2ForQuestionAnswering"
     export_module = "qa_outputs"
+    pipeline_task = "finetune-question-answering"
 
     def __init__(self, hidden_size, num_labels, dropout, args):
         super().__init__(hidden_size, num_labels, dropout, args)

@@ -12,12 +12,14 @@ import transformers
 from transformers import AutoConfig, AutoModel, AutoTokenizer
 
 from finetune.data.formats import GPT1_TOKENS, configure_tokenizer
+from finetune.errors import ModelError
 from finetune.models.heads import HEADS, Head, skip_padding_check
 from finetune.training.checkpoint import RUN_INFO as CHECKPOINT_INFO
 
 MANIFEST = "finetune.json"
 HEAD_WEIGHTS = "head.safetensors"
 CHECKPOINT_WEIGHTS = "model.safetensors"  # what accelerator.save_state names the model's weights
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")  # an export has one
 
 
 class TaskModel(nn.Module):
@@ -62,6 +64,15 @@ def uses_gpt1_tokens(tokenizer) -> bool:
     return GPT1_TOKENS["start"] in tokenizer.get_vocab()
 
 
+def trained_input_roles(task_cfg) -> list[str]:
+    """The input roles (text, text_pair, context, ...) the task's sources give the head: a classifier
+    trained on single texts then takes no pair at inference (finetune.inference), nor the reverse."""
+    head_cls = HEADS[task_cfg.head]
+    given = {role for source in (task_cfg.local, task_cfg.hub) if source is not None for role in source.columns}
+    return [role for role in head_cls.required_roles + head_cls.optional_roles
+            if role not in ("id", "label", "answers") and (role in head_cls.required_roles or role in given)]
+
+
 def manifest_for(model: TaskModel, tokenizer, task_cfg, labels: list[str] | None) -> dict:
     """What a directory needs besides weights to rebuild the task model and its input format."""
     return {
@@ -72,6 +83,7 @@ def manifest_for(model: TaskModel, tokenizer, task_cfg, labels: list[str] | None
         "labels": labels,
         "max_length": task_cfg.max_length,
         "gpt1_tokens": uses_gpt1_tokens(tokenizer),
+        "input_roles": trained_input_roles(task_cfg),
     }
 
 
@@ -118,22 +130,35 @@ def _configured_tokenizer(model_dir: Path, manifest: dict):
     return tokenizer
 
 
+def exported_class(manifest: dict) -> str:
+    """The transformers class an exported directory's weights load into: the head's `exports_to`, or
+    the bare backbone (its head then lives in head.safetensors)."""
+    return HEADS[manifest["head"]].exports_to or "AutoModel"
+
+
+def task_model_from_export(loaded, manifest: dict, model_dir: str | Path) -> TaskModel:
+    """The task model of an exported directory, built around the transformers model loaded from it
+    (an `exported_class(manifest)` instance): its backbone is used as it is, the head's weights are
+    read from its head layer (`export_module`) or from head.safetensors. `finetune.load` and the
+    registered pipelines (finetune.pipelines) both build their model here."""
+    head_cls = HEADS[manifest["head"]]
+    backbone = loaded.transformer if head_cls.exports_to else loaded
+    head = build_head(manifest["head"], backbone.config.n_embd, manifest["num_labels"], 0.0, manifest["head_args"])
+    if head_cls.exports_to:
+        getattr(head, head.export_module).load_state_dict(getattr(loaded, head.export_module).state_dict())
+    else:
+        head.load_state_dict(load_file(str(Path(model_dir) / HEAD_WEIGHTS)))
+    head.to(next(backbone.parameters()).device)
+    return TaskModel(backbone, head).eval()
+
+
 def load_exported(model_dir: str | Path) -> tuple[TaskModel, object, dict]:
     """Reload an exported directory as (TaskModel, tokenizer, manifest) for framework inference."""
     model_dir = Path(model_dir)
     manifest = json.loads((model_dir / MANIFEST).read_text())
     tokenizer = _configured_tokenizer(model_dir, manifest)
-    head_cls = HEADS[manifest["head"]]
-    if head_cls.exports_to:
-        hf_model = getattr(transformers, head_cls.exports_to).from_pretrained(model_dir, dtype=torch.float32)
-        backbone = hf_model.transformer
-        head = build_head(manifest["head"], backbone.config.n_embd, manifest["num_labels"], 0.0, manifest["head_args"])
-        getattr(head, head.export_module).load_state_dict(getattr(hf_model, head.export_module).state_dict())
-    else:
-        backbone = AutoModel.from_pretrained(model_dir, dtype=torch.float32)
-        head = build_head(manifest["head"], backbone.config.n_embd, manifest["num_labels"], 0.0, manifest["head_args"])
-        head.load_state_dict(load_file(str(model_dir / HEAD_WEIGHTS)))
-    return TaskModel(backbone, head).eval(), tokenizer, manifest
+    loaded = getattr(transformers, exported_class(manifest)).from_pretrained(model_dir, dtype=torch.float32)
+    return task_model_from_export(loaded, manifest, model_dir), tokenizer, manifest
 
 
 def load_checkpoint_model(checkpoint_dir: str | Path) -> tuple[TaskModel, object, dict]:
@@ -164,3 +189,36 @@ def load_trained(path: str | Path) -> tuple[TaskModel, object, dict]:
     if kind == "checkpoint":
         return load_checkpoint_model(path)
     return load_exported(path)
+
+
+def trained_manifest(path: Path, what: str) -> tuple[str, dict] | None:
+    """(kind, manifest) of a fine-tuned model directory (see `trained_kind`); None when `path` is not
+    one. A directory that is one but lacks its weights or manifest, or whose head this version does
+    not know, is a ModelError naming `what` (e.g. "model.name_or_path '<dir>'")."""
+    kind = trained_kind(path) if path.is_dir() else None
+    if kind is None:
+        return None
+    weights = [CHECKPOINT_WEIGHTS] if kind == "checkpoint" else list(WEIGHT_FILES)
+    if not any((path / w).is_file() for w in weights):
+        raise ModelError(f"{what} has no weights ({' or '.join(weights)}): it is not a complete "
+                         f"{'checkpoint' if kind == 'checkpoint' else 'exported model'} directory")
+    if not (path / MANIFEST).is_file():
+        raise ModelError(f"{what} is a checkpoint without {MANIFEST} (written by an older version): use the run's model/ directory")
+    try:
+        manifest = json.loads((path / MANIFEST).read_text())
+    except (OSError, ValueError) as err:
+        raise ModelError(f"{what}: {MANIFEST} is not readable JSON ({err})") from err
+    if manifest.get("head") not in HEADS:
+        raise ModelError(f"{what} has a '{manifest.get('head')}' head, which this version of finetune does not know "
+                         f"(it knows {', '.join(HEADS)})")
+    return kind, manifest
+
+
+def open_trained(path: Path, what: str) -> tuple[TaskModel, object, dict]:
+    """`load_trained`, with unreadable or incomplete files reported as one ModelError line."""
+    try:
+        return load_trained(path)
+    except (OSError, ValueError, RuntimeError, KeyError) as err:
+        first = next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
+        raise ModelError(f"{what}: could not load the fine-tuned model ({type(err).__name__}: {first}); "
+                         f"its files may be corrupt or incomplete") from err

@@ -5,12 +5,12 @@ from __future__ import annotations
 import logging
 
 from finetune.config import predict_splits
-from finetune.inference import prediction_rows
+from finetune.inference import predict_rows
 from finetune.modes.evaluate import eval_loaders
 from finetune.modes.outcome import Outcome
 from finetune.outputs.predictions import write_predictions, write_submission
 from finetune.setup import setup
-from finetune.training.evaluation import compute_metrics, split_outputs
+from finetune.training.evaluation import compute_metrics
 
 log = logging.getLogger("finetune")
 
@@ -24,10 +24,7 @@ def run(cfg) -> Outcome:
     head = model.head
     predictions, files, scored = {}, {}, {}
     for split, loader in eval_loaders(ctx, ctx.data.evals).items():
-        examples = ctx.data.examples[split]
-        outputs = split_outputs(accelerator, model, loader, ctx.data.evals[split], examples)
-        ids = examples["id"] if "id" in examples.column_names else None
-        predictions[split] = prediction_rows(outputs, ctx.labels, ids)
+        outputs, predictions[split] = predict_rows(accelerator, model, loader, ctx.data.evals[split], ctx.data.examples[split], ctx.labels)
         if outputs.references is not None:
             scored[split] = compute_metrics(head, outputs, task.metrics)
         if accelerator.is_main_process:

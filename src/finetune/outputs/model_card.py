@@ -6,39 +6,114 @@ from pathlib import Path
 
 import yaml
 
+from finetune.models.heads import HEADS
+
 PIPELINE_TASKS = {"classification": "text-classification", "entailment": "text-classification", "similarity": "text-classification"}
+
+# One example input per head, in the form Predictor.predict and the finetune pipelines take.
+EXAMPLES = {
+    "classification": '"a gorgeous, witty film"',
+    "entailment": '("A man is playing a guitar.", "A man is making music.")',
+    "similarity": '("A man is playing a guitar.", "Someone plays the guitar.")',
+    "span": '("Where was Alice born?", "Alice was born in Paris in 1950 and moved to Rome.")',
+}
+CHOICES = ["she went home.", "she stayed in bed.", "she sang a song.", "she called a friend.", "she left town."]
+
+
+def both_orders(manifest: dict) -> bool:
+    return manifest["head"] == "similarity" and (manifest.get("head_args") or {}).get("both_orders", True)
+
+
+def plain_pipeline_agrees(manifest: dict) -> bool:
+    """Does transformers' own `pipeline("text-classification")` on the directory give the framework's
+    predictions? For one-sequence heads yes; a both-order similarity model it scores in one order."""
+    return manifest["head"] in PIPELINE_TASKS and not both_orders(manifest)
+
+
+def _pairs(manifest: dict) -> bool:
+    return "text_pair" in (manifest.get("input_roles") or HEADS[manifest["head"]].required_roles)
+
+
+def _example(manifest: dict) -> str:
+    if manifest["head"] == "multiple_choice":
+        count = len(manifest.get("labels") or []) or 2
+        return f'{{"context": "Anna was tired after work.", "choices": {CHOICES[:count]!r}}}'
+    if manifest["head"] == "classification" and _pairs(manifest):
+        return EXAMPLES["entailment"]
+    return EXAMPLES[manifest["head"]]
+
+
+def _returns(manifest: dict) -> str:
+    head, labels = manifest["head"], manifest.get("labels")
+    if head == "span":
+        return "`{'prediction': <answer string cut out of the context>}`"
+    if labels is None:
+        return "`{'prediction': <score>}`"
+    extra = ", 'choice': <text of the chosen candidate>" if head == "multiple_choice" else ""
+    return f"`{{'prediction': <label>, 'probability': <its probability>, 'probabilities': {{<label>: <probability>, ...}}{extra}}}`"
 
 
 def _how_to_load(manifest: dict) -> str:
-    head = manifest["head"]
-    if head in PIPELINE_TASKS:
-        pair = head != "classification"
-        example = '{"text": "A man is playing a guitar.", "text_pair": "Someone plays music."}' if pair else '"a gorgeous, witty film"'
+    head, example = manifest["head"], _example(manifest)
+    lines = [
+        "With the finetune package installed, either form predicts exactly what the framework's evaluation and "
+        "`mode=predict` compute (the tokenizer's input template"
+        + (", both sentence orders" if both_orders(manifest) else "")
+        + (", context windows with stride and n-best span decoding" if head == "span" else "")
+        + (", a softmax over the candidates" if head == "multiple_choice" else "") + "):",
+        "```python",
+        "import finetune",
+        "",
+        'predictor = finetune.load("<this directory>")',
+        f"print(predictor.predict({example}))",
+        f"print(predictor.predict([{example}, {example}]))  # a list: batched, one prediction each",
+        "```",
+        "```python",
+        "import finetune  # registers the finetune pipelines with transformers",
+        "from transformers import pipeline",
+        "",
+        f'pipe = pipeline("{HEADS[head].pipeline_task}", model="<this directory>")',
+        f"print(pipe({example}))",
+        "```",
+        f"Each prediction is {_returns(manifest)}.",
+        "",
+    ]
+    if plain_pipeline_agrees(manifest):
+        pair = _pairs(manifest)
+        plain = '{"text": "A man is playing a guitar.", "text_pair": "A man is making music."}' if pair else example
         extra = ', function_to_apply="none"' if manifest.get("labels") is None else ""
-        lines = [
+        lines += [
+            "The directory is also a plain transformers `GPT2ForSequenceClassification`, and transformers' own pipeline "
+            "gives the same predictions (the saved tokenizer applies the training input format itself):",
             "```python",
             "from transformers import pipeline",
+            "",
             f'classify = pipeline("text-classification", model="<this directory>"{extra})',
-            f"print(classify({example}))",
+            f"print(classify({plain}))",
             "```",
-            "The tokenizer applies the training input format itself (its post-processor holds the template).",
         ]
-        if head == "similarity" and (manifest.get("head_args") or {}).get("both_orders", True):
-            lines.append("This model was trained on both sentence orders: the framework scores a pair as W·(h(a,b) + h(b,a)); "
-                         "a plain `pipeline` call scores one order only.")
-        return "\n".join(lines)
-    return "\n".join([
-        "```python",
-        "from finetune.models.task_model import load_exported",
-        'model, tokenizer, manifest = load_exported("<this directory>")',
-        "```",
-    ])
+    elif both_orders(manifest):
+        lines.append(
+            "**Do not use transformers' plain `pipeline(\"text-classification\")` on this directory.** It loads (it is a "
+            "`GPT2ForSequenceClassification`) but scores one order of the pair, W·h(a,b), while this model was trained "
+            "to score both, W·(h(a,b) + h(b,a)): its scores and probabilities are wrong (regression scores come out "
+            "about half as large). Use one of the two forms above."
+        )
+    elif head == "span":
+        lines.append("The weights are a plain transformers `GPT2ForQuestionAnswering`; transformers 5 has no "
+                     "question-answering pipeline, so use one of the two forms above.")
+    else:
+        lines.append("The weights are a plain transformers `GPT2Model` (the backbone) plus `head.safetensors` (the "
+                     "candidate scorer); transformers has no pipeline for them, so use one of the two forms above.")
+    return "\n".join(lines)
 
 
 def write_model_card(model_dir: Path, manifest: dict, cfg, metrics: dict) -> Path:
     evaluation = metrics.get("eval_splits") or {}
     front = {
         "library_name": "transformers",
+        # The Hub's widget would run plain transformers, which is right only for one-sequence heads.
+        **({} if plain_pipeline_agrees(manifest) else {"inference": False}),
         "base_model": str(cfg.model.name_or_path),
         "tags": ["finetune", "gpt2", manifest["head"], manifest["task"]],
         "model-index": [{
