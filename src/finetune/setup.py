@@ -73,7 +73,7 @@ def _pretrained_model(cfg, tokenizer, base_vocab: int, offline: bool, labels) ->
     check_backbone_for_task(cfg.model, cfg.task, num_labels, backbone)
     head = build_head(cfg.task.head, backbone.config.hidden_size, num_labels, cfg.model.head_dropout, dict(cfg.task.head_args),
                       init_std=backbone.config.initializer_range)
-    return TaskModel(backbone, head)
+    return TaskModel(backbone, head, aux_lm_weight=cfg.task.aux_lm_weight)
 
 
 def check_trained_for_task(manifest: dict, task, path: str) -> None:
@@ -145,8 +145,11 @@ def setup(cfg, *, train_split: str | None, eval_splits: list[str], trained: bool
     accelerator = make_accelerator(cfg, run_dir)
     set_seed(cfg.seed)
     labels = task_labels(cfg.task)
+    head_cls = HEADS[cfg.task.head]
     loaded = _trained_model(cfg) if trained else None
-    if trained and loaded is None and not cfg.mode.fresh_head:
+    # A pretrained LM is complete for the lm head (its head is the tied embedding): nothing untrained to warn about.
+    complete = head_cls.language_model
+    if trained and loaded is None and not cfg.mode.fresh_head and not complete:
         name = cfg.model.name_or_path
         if cfg.model.from_scratch:
             what = f"model '{name}' is a new random model (model.from_scratch=true), not a fine-tuned one"
@@ -162,13 +165,12 @@ def setup(cfg, *, train_split: str | None, eval_splits: list[str], trained: bool
         model, tokenizer, source = loaded
     else:
         tokenizer, base_vocab = load_tokenizer(cfg.model, offline)
-    head_cls = HEADS[cfg.task.head]
     with accelerator.main_process_first():
         data = prepare(cfg, tokenizer, head_cls, offline, train_split, eval_splits, unlabelled_ok)
     if loaded is None:
         model = _pretrained_model(cfg, tokenizer, base_vocab, offline, labels)
-        source = {"kind": "fresh_head" if trained else "pretrained", "path": cfg.model.name_or_path}
-        if trained:
+        source = {"kind": "fresh_head" if trained and not complete else "pretrained", "path": cfg.model.name_or_path}
+        if trained and not complete:
             log.warning("mode.fresh_head=true: scoring %s with an untrained %s head", cfg.model.name_or_path, cfg.task.head)
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)

@@ -6,11 +6,22 @@ from pathlib import Path
 
 import yaml
 
-PIPELINE_TASKS = {"classification": "text-classification", "entailment": "text-classification", "similarity": "text-classification"}
+PIPELINE_TASKS = {"classification": "text-classification", "entailment": "text-classification", "similarity": "text-classification",
+                  "lm": "text-generation"}
 
 
 def _how_to_load(manifest: dict) -> str:
     head = manifest["head"]
+    if head == "lm":
+        return "\n".join([
+            "```python",
+            "from transformers import pipeline",
+            'generate = pipeline("text-generation", model="<this directory>")',
+            'print(generate("The history of the city")[0]["generated_text"])',
+            "```",
+            "generation_config.json holds the generation settings the training samples used. As a backbone for a task:",
+            "`python train.py task=<task> model.name_or_path=<this directory>` (the LM head is dropped, the task head added).",
+        ])
     if head in PIPELINE_TASKS:
         pair = head != "classification"
         example = '{"text": "A man is playing a guitar.", "text_pair": "Someone plays music."}' if pair else '"a gorgeous, witty film"'
@@ -64,8 +75,9 @@ def write_model_card(model_dir: Path, manifest: dict, cfg, metrics: dict) -> Pat
         "",
         f"Fine-tuned from `{cfg.model.name_or_path}` on task `{manifest['task']}` with the finetune framework.",
         "",
-        "## Labels",
-        ", ".join(f"{i}: `{name}`" for i, name in enumerate(labels)) if labels else "One regression output (a score).",
+        *(["## Language model", "GPT-2's LM head, tied to the token embeddings (`GPT2LMHeadModel`)."] if manifest["head"] == "lm" else [
+            "## Labels",
+            ", ".join(f"{i}: `{name}`" for i, name in enumerate(labels)) if labels else "One regression output (a score)."]),
         "",
         "## Evaluation (best checkpoint)",
         "| split | " + " | ".join(k for k in next(iter(evaluation.values()), {}) if k != "num_examples") + " | examples |",
