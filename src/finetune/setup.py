@@ -120,6 +120,9 @@ def _trained_model(cfg):
         raise ModelError(f"task.max_length={cfg.task.max_length} is longer than the model's context window "
                          f"({n_positions} positions): set task.max_length<={n_positions}")
     saved_args = manifest.get("head_args") or {}
+    kept = HEADS[cfg.task.head].trained_args
+    if kept is not None:
+        saved_args = {**OmegaConf.to_container(cfg.task.head_args, resolve=True), **{k: saved_args[k] for k in kept if k in saved_args}}
     if saved_args != OmegaConf.to_container(cfg.task.head_args, resolve=True):
         log.warning("head_args of the model (%s) are used instead of task.head_args (%s)", saved_args, dict(cfg.task.head_args))
     with open_dict(cfg):

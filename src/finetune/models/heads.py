@@ -115,6 +115,8 @@ class Head(nn.Module):
     # The backbone's own LM head (tied to the token embeddings): no weights of its own, so a pretrained
     # LM is already complete (it can be evaluated as it is) and it generates text.
     language_model: ClassVar[bool] = False
+    # head_args a fine-tuned model brings with it to evaluate/predict (its input format); None = all.
+    trained_args: ClassVar[tuple | None] = None
 
     def __init__(self, hidden_size: int, num_labels: int, dropout: float, args: dict):
         super().__init__()
@@ -301,6 +303,7 @@ class LanguageModelHead(Head):
     exports_to = "GPT2LMHeadModel"
     export_module = None  # the LM head is the embedding matrix: exported with the backbone
     language_model = True
+    trained_args = ()  # stride, prompts and generation are the evaluation's choice, not the model's
 
     @classmethod
     def check_config(cls, cfg) -> None:
@@ -336,9 +339,12 @@ class LanguageModelHead(Head):
         return lm_logits(backbone, hidden)
 
     def loss(self, logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
-        """Token t+1 from position t; positions labelled IGNORE_INDEX (before a window's first scored token) do not count."""
-        return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(),
-                               ignore_index=IGNORE_INDEX, reduction=reduction)
+        """Token t+1 from position t; positions labelled IGNORE_INDEX (before a window's first scored token) do not count.
+
+        The labels are shifted, not the logits (as transformers' causal-LM loss does): slicing the
+        logits would copy the largest tensor of the step."""
+        targets = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
+        return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX, reduction=reduction)
 
     def loss_units(self, labels: torch.Tensor):
         return (labels[:, 1:] != IGNORE_INDEX).sum()
