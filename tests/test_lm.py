@@ -365,6 +365,17 @@ def test_sample_prompts_on_a_task_that_does_not_generate(tmp_path):
           "task.head_args.sample_prompts: text generation needs the 'lm' head", "task 'sst2' has head 'classification'")
 
 
+def test_perplexity_from_a_classifier_export_is_refused(tmp_path):
+    """A language-modelling task (perplexity, generation) needs an LM export, not a classifier's."""
+    export = tmp_path / "sst2-model"
+    write(export / "finetune.json", json.dumps({"task": "sst2", "head": "classification", "labels": ["negative", "positive"],
+                                                "num_labels": 2, "head_args": {}, "max_length": 128}))
+    write(export / "model.safetensors", "")
+    lm_fails(tmp_path, ["mode=evaluate", "model.from_scratch=false", f"model.name_or_path={export}"],
+             "is fine-tuned for task 'sst2' with a 'classification' head with labels negative, positive",
+             "but task 'tinyshakespeare' has a 'lm' head (a language model)")
+
+
 def test_wikitext_without_a_local_train_file_names_the_override(tmp_path):
     write(tmp_path / "data" / "text" / "wikitext-2" / "valid.txt", " = A = \n" + story(1) + "\n")
     fails(tmp_path, ["task=wikitext2", f"data_dir={tmp_path / 'data'}"],

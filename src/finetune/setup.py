@@ -77,12 +77,16 @@ def _pretrained_model(cfg, tokenizer, base_vocab: int, offline: bool, labels) ->
 
 
 def check_trained_for_task(manifest: dict, task, path: str) -> None:
-    """A fine-tuned model scores a task only with the head and labels it was trained with."""
+    """A fine-tuned model scores a task only with the head and labels it was trained with (a language
+    model: any language-modelling task)."""
     labels = task_labels(task)
     theirs = manifest.get("labels")
-    if manifest.get("head") == task.head and theirs == labels:
+    language_model = HEADS[task.head].language_model  # a language model scores any text: only the head must match
+    if manifest.get("head") == task.head and (theirs == labels or language_model):
         return
     def describe(head, names):
+        if head in HEADS and HEADS[head].language_model:
+            return f"a '{head}' head (a language model)"
         return f"a '{head}' head with " + (f"labels {', '.join(names)}" if names else "one regression output")
     raise ModelError(
         f"model.name_or_path '{path}' is fine-tuned for task '{manifest.get('task')}' with "

@@ -17,6 +17,7 @@ from torch.nn import functional as F
 
 from finetune.data.blocks import IGNORE_INDEX, check_stride
 from finetune.errors import ConfigError, DataError
+from finetune.generation import generation_config
 
 
 def pool_last_token(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -76,14 +77,14 @@ def lm_loss_sum(backbone, reads: list[Read]) -> torch.Tensor:
     Logits are computed only at target positions (real tokens followed by a real token), so pads
     cost neither memory nor compute.
     """
-    total = None
+    if not reads:
+        raise RuntimeError("the auxiliary LM loss is on, but the head recorded no sequence it read (see encode_last)")
+    total = 0
     for read in reads:
         targets = lm_target_positions(read.attention_mask)
-        hidden = read.hidden[:, :-1][targets]
-        logits = lm_logits(backbone, hidden).float()
-        loss = F.cross_entropy(logits, read.input_ids[:, 1:][targets], reduction="sum")
-        total = loss if total is None else total + loss
-    return total if total is not None else torch.zeros(())
+        logits = lm_logits(backbone, read.hidden[:, :-1][targets]).float()
+        total = total + F.cross_entropy(logits, read.input_ids[:, 1:][targets], reduction="sum")
+    return total
 
 
 def skip_padding_check(backbone) -> None:
@@ -307,8 +308,6 @@ class LanguageModelHead(Head):
 
     @classmethod
     def check_config(cls, cfg) -> None:
-        from finetune.generation import generation_config  # transformers' GenerationConfig checks its own fields
-
         task = cfg.task
         if task.aux_lm_weight > 0:
             raise ConfigError(f"task.aux_lm_weight={task.aux_lm_weight}: the auxiliary LM loss is for task heads; the 'lm' "
@@ -321,7 +320,7 @@ class LanguageModelHead(Head):
         if prompts is not None and (isinstance(prompts, str) or not all(isinstance(p, str) for p in prompts)):
             raise ConfigError(f"task.head_args.sample_prompts = {prompts!r}: expected a list of strings "
                               f"(e.g. task.head_args.sample_prompts='[\"Once upon a time\"]')")
-        generation_config(args.get("generation"))
+        generation_config(args.get("generation"))  # transformers' GenerationConfig checks its own fields
         try:
             check_stride(args, task.max_length)
         except DataError as err:
@@ -348,9 +347,6 @@ class LanguageModelHead(Head):
 
     def loss_units(self, labels: torch.Tensor):
         return (labels[:, 1:] != IGNORE_INDEX).sum()
-
-    def predictions(self, logits: torch.Tensor) -> torch.Tensor:
-        return logits.argmax(-1)
 
     @torch.no_grad()
     def score_tokens(self, backbone, input_ids: torch.Tensor, labels: torch.Tensor, max_logits: int = 1 << 25):
