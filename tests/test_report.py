@@ -170,3 +170,13 @@ def test_seeds_crossed_with_folds_and_folds_read_from_config_yaml(tmp_path):
     [row] = report.summarise(report.collect(root))
     assert (row["n"], row["seeds"], row["folds"], row["replicate"]) == (4, ["1", "1", "2", "2"], ["0", "1"], "seed 2, fold 1")
     assert row["metrics"]["accuracy"]["mean"] == pytest.approx(0.65)
+
+
+def test_best_is_the_lowest_when_the_main_metric_is_better_lower(tmp_path):
+    root = tmp_path / "sweep"
+    for num, (seed, perplexity) in enumerate([(1, 30.0), (2, 25.0), (3, 40.0)]):
+        job = _job(root, num, ["task=wikitext2", f"seed={seed}"], {"perplexity": perplexity}, task="wikitext2", main="perplexity")
+        metrics = json.loads((job / "metrics.json").read_text())
+        (job / "metrics.json").write_text(json.dumps({**metrics, "main_metric_mode": "min"}))
+    [row] = report.summarise(report.collect(root))
+    assert (row["best"], row["best_seed"]) == (25.0, "2")

@@ -30,7 +30,7 @@ class SourceConfig:
 
     path: str = MISSING  # Hub dataset id, or a directory relative to data_dir
     name: Optional[str] = None  # Hub configuration name (e.g. "sst2")
-    format: str = "hub"  # hub | tsv | csv | json | jsonl | parquet | squad_json
+    format: str = "hub"  # hub | tsv | csv | json | jsonl | parquet | squad_json | text
     splits: Dict[str, Any] = field(default_factory=dict)  # split -> Hub split, file, or list of files
     columns: Dict[str, Any] = field(default_factory=dict)  # role -> column, or list of columns to join
     header: bool = True  # tsv/csv files: is the first row a header?
@@ -49,6 +49,9 @@ class SourceConfig:
     folds: Optional[int] = None
     fold: Optional[int] = None
     split_seed: int = 0  # which rows a carved split takes ({from: train, fraction: f}); independent of `seed`
+    # What one row (a document, for the lm head) is. format=text: line | paragraph (blank-line
+    # separated) | file; table formats and the Hub: column (each row's text column); None = that default.
+    document: Optional[str] = None
 
 
 @dataclass
@@ -71,6 +74,9 @@ class TaskConfig:
     # no `labels` for regression (a float with 3 decimals).
     submission: Optional[Dict[str, Any]] = None
     head_args: Dict[str, Any] = field(default_factory=dict)
+    # GPT-1's auxiliary objective: loss = task loss + aux_lm_weight * LM loss over the real tokens of
+    # every sequence the head reads (0 = off; GPT-1 used 0.5).
+    aux_lm_weight: float = 0.0
 
 
 @dataclass
@@ -270,6 +276,7 @@ def validate(cfg) -> None:
     _check(task.on_unknown_label in ("error", "drop"), "task.on_unknown_label", task.on_unknown_label, "error or drop")
     _check(task.on_empty_text in ("error", "drop"), "task.on_empty_text", task.on_empty_text, "error or drop")
     _check(task.main_metric_mode in ("max", "min"), "task.main_metric_mode", task.main_metric_mode, "max or min")
+    _check(task.aux_lm_weight >= 0, "task.aux_lm_weight", task.aux_lm_weight, "a number >= 0 (0 turns the auxiliary LM loss off)")
     predict = task.predict_split
     _check(isinstance(predict, str) or (isinstance(predict, ListConfig) and len(predict) > 0 and all(isinstance(s, str) for s in predict)),
            "task.predict_split", predict, "a split name or a list of split names")

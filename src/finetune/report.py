@@ -10,7 +10,8 @@ report.md, report.csv and report.png.
 * Each metric is given as mean ± std over the group's replicates: its seeds and folds (the K jobs
   of `-m 'task.local.fold=range(K)'` are one row, n = K); std is the SAMPLE standard deviation
   (ddof=1, as numpy.std(..., ddof=1)); it is empty when a group has one job. `n` counts successful
-  jobs; `best` is the highest main metric in the group and the seed (or fold) that reached it.
+  jobs; `best` is the highest main metric in the group (the lowest when task.main_metric_mode=min,
+  e.g. perplexity) and the seed (or fold) that reached it.
 * Overrides that are the same in every job are printed once ("common overrides") and left out of
   the setting; when a job has no .hydra/overrides.yaml (e.g. `hydra.output_subdir=null`), its
   overrides are the config.yaml keys whose values differ between jobs.
@@ -47,6 +48,7 @@ class Job:
     seed: str | None = None
     fold: str | None = None
     main_metric: str | None = None
+    main_metric_mode: str = "max"  # min for perplexity: the best job is the lowest
     metrics: dict = field(default_factory=dict)
     ok: bool = False
     error: str | None = None
@@ -119,6 +121,7 @@ def _read_job(root: Path, path: Path) -> tuple[Job, dict]:
         job.ok = True
         job.task = metrics.get("task")
         job.main_metric = metrics.get("main_metric")
+        job.main_metric_mode = metrics.get("main_metric_mode") or flat_config.get("task.main_metric_mode") or "max"
         job.metrics = {k: float(v) for k, v in (metrics.get("eval") or {}).items()
                        if isinstance(v, (int, float)) and k != "num_examples"}
     else:
@@ -203,7 +206,8 @@ def summarise(jobs: list[Job]) -> list[dict]:
             }
         scored = [job for job in members if main in job.metrics]
         if scored:
-            best = max(scored, key=lambda job: job.metrics[main])
+            pick = min if members[0].main_metric_mode == "min" else max
+            best = pick(scored, key=lambda job: job.metrics[main])
             row["best"], row["best_seed"], row["best_fold"] = best.metrics[main], best.seed, best.fold
         else:
             row["best"], row["best_seed"], row["best_fold"] = math.nan, None, None
@@ -240,7 +244,7 @@ def to_markdown(sweep_dir: Path, jobs: list[Job], rows: list[dict]) -> str:
     folds = any(row["folds"] for row in rows)
     over = "seeds and folds" if folds else "seeds"
     lines.append(f"{len(jobs)} jobs, {len(jobs) - len(failed)} succeeded, {len(failed)} failed. "
-                 f"Cells: mean ± sample std (n - 1) over {over}; best: highest main metric ({'seed or fold' if folds else 'seed'}).")
+                 f"Cells: mean ± sample std (n - 1) over {over}; best: highest main metric (lowest when better lower; {'seed or fold' if folds else 'seed'}).")
     common = common_overrides(jobs)
     if common:
         lines += ["", "Common overrides: `" + " ".join(common) + "`"]

@@ -15,7 +15,7 @@ import sys
 
 from finetune.config import PROJECT_ROOT, validate
 from finetune.errors import ConfigError, FinetuneError
-from finetune.metrics import AVAILABLE as AVAILABLE_METRICS, KEYS as METRIC_KEYS
+from finetune.metrics import AVAILABLE as AVAILABLE_METRICS, KEYS as METRIC_KEYS, LOWER_IS_BETTER, TOKEN_METRICS
 from finetune.models.heads import HEADS
 from finetune.outputs.environment import describe
 from finetune.outputs.predictions import check_submission
@@ -35,6 +35,14 @@ def check_task(task) -> None:
     reported = [key for m in task.metrics for key in METRIC_KEYS[m]]
     if task.main_metric not in reported:
         raise ConfigError(f"task.main_metric '{task.main_metric}' is not reported by task.metrics {list(task.metrics)} (they report {reported})")
+    tokens = HEADS[task.head].evaluator == "tokens"
+    wrong = [m for m in task.metrics if (m in TOKEN_METRICS) != tokens and not (tokens and m == "accuracy")]
+    if wrong:
+        raise ConfigError(f"task.metrics {wrong} do not apply to the '{task.head}' head: "
+                          + ("a language model reports perplexity and (next-token) accuracy" if tokens else
+                             f"{', '.join(TOKEN_METRICS)} needs the 'lm' head"))
+    if task.main_metric in LOWER_IS_BETTER and task.main_metric_mode != "min":
+        raise ConfigError(f"task.main_metric '{task.main_metric}' is better when lower: set task.main_metric_mode=min")
     check_submission(task)
 
 
@@ -44,6 +52,7 @@ def run(cfg) -> float:
 
     validate(cfg)
     check_task(cfg.task)
+    HEADS[cfg.task.head].check_config(cfg)
     mode = MODES.get(cfg.mode.name)
     if mode is None:
         raise ConfigError(f"mode '{cfg.mode.name}' is not a known mode; choose one of {', '.join(sorted(MODES))}")

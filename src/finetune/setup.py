@@ -69,16 +69,20 @@ def _pretrained_model(cfg, tokenizer, base_vocab: int, offline: bool, labels) ->
     check_backbone_for_task(cfg.model, cfg.task, num_labels, backbone)
     head = build_head(cfg.task.head, backbone.config.hidden_size, num_labels, cfg.model.head_dropout, dict(cfg.task.head_args),
                       init_std=backbone.config.initializer_range)
-    return TaskModel(backbone, head)
+    return TaskModel(backbone, head, aux_lm_weight=cfg.task.aux_lm_weight)
 
 
 def check_trained_for_task(manifest: dict, task, path: str) -> None:
-    """A fine-tuned model scores a task only with the head and labels it was trained with."""
+    """A fine-tuned model scores a task only with the head and labels it was trained with (a language
+    model: any language-modelling task)."""
     labels = task_labels(task)
     theirs = manifest.get("labels")
-    if manifest.get("head") == task.head and theirs == labels:
+    language_model = HEADS[task.head].language_model  # a language model scores any text: only the head must match
+    if manifest.get("head") == task.head and (theirs == labels or language_model):
         return
     def describe(head, names):
+        if head in HEADS and HEADS[head].language_model:
+            return f"a '{head}' head (a language model)"
         return f"a '{head}' head with " + (f"labels {', '.join(names)}" if names else "one regression output")
     raise ModelError(
         f"model.name_or_path '{path}' is fine-tuned for task '{manifest.get('task')}' with "
@@ -105,6 +109,9 @@ def _trained_model(cfg):
         raise ModelError(f"task.max_length={cfg.task.max_length} is longer than the model's context window "
                          f"({n_positions} positions): set task.max_length<={n_positions}")
     saved_args = manifest.get("head_args") or {}
+    kept = HEADS[cfg.task.head].trained_args
+    if kept is not None:
+        saved_args = {**OmegaConf.to_container(cfg.task.head_args, resolve=True), **{k: saved_args[k] for k in kept if k in saved_args}}
     if saved_args != OmegaConf.to_container(cfg.task.head_args, resolve=True):
         log.warning("head_args of the model (%s) are used instead of task.head_args (%s)", saved_args, dict(cfg.task.head_args))
     with open_dict(cfg):
@@ -130,8 +137,11 @@ def setup(cfg, *, train_split: str | None, eval_splits: list[str], trained: bool
     accelerator = make_accelerator(cfg, run_dir)
     set_seed(cfg.seed)
     labels = task_labels(cfg.task)
+    head_cls = HEADS[cfg.task.head]
     loaded = _trained_model(cfg) if trained else None
-    if trained and loaded is None and not cfg.mode.fresh_head:
+    # A pretrained LM is complete for the lm head (its head is the tied embedding): nothing untrained to warn about.
+    complete = head_cls.language_model
+    if trained and loaded is None and not cfg.mode.fresh_head and not complete:
         name = cfg.model.name_or_path
         if cfg.model.from_scratch:
             what = f"model '{name}' is a new random model (model.from_scratch=true), not a fine-tuned one"
@@ -147,13 +157,12 @@ def setup(cfg, *, train_split: str | None, eval_splits: list[str], trained: bool
         model, tokenizer, source = loaded
     else:
         tokenizer, base_vocab = load_tokenizer(cfg.model, offline)
-    head_cls = HEADS[cfg.task.head]
     with accelerator.main_process_first():
         data = prepare(cfg, tokenizer, head_cls, offline, train_split, eval_splits, unlabelled_ok)
     if loaded is None:
         model = _pretrained_model(cfg, tokenizer, base_vocab, offline, labels)
-        source = {"kind": "fresh_head" if trained else "pretrained", "path": cfg.model.name_or_path}
-        if trained:
+        source = {"kind": "fresh_head" if trained and not complete else "pretrained", "path": cfg.model.name_or_path}
+        if trained and not complete:
             log.warning("mode.fresh_head=true: scoring %s with an untrained %s head", cfg.model.name_or_path, cfg.task.head)
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)

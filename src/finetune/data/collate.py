@@ -6,6 +6,8 @@ from itertools import chain
 
 import torch
 
+from finetune.data.blocks import IGNORE_INDEX
+
 
 class TextCollator:
     """One right-padded sequence per example, built straight from the token lists.
@@ -113,6 +115,25 @@ class SpanCollator:
         return batch
 
 
+class BlockCollator:
+    """Language-model blocks (finetune.data.blocks): all exactly task.max_length tokens, so a batch is
+    a plain stack; no padding, no attention mask (causal attention over real tokens only), and
+    `pad_to_multiple_of` does not apply. `labels` are the inputs (the loss shifts them by one);
+    positions before a strided window's `score_from` are not scored.
+    """
+
+    def __call__(self, features):
+        input_ids = torch.tensor([f["input_ids"] for f in features], dtype=torch.long)
+        labels = input_ids.clone()
+        if "score_from" in features[0]:
+            score_from = torch.tensor([f["score_from"] for f in features])
+            labels[torch.arange(labels.shape[1]) < score_from[:, None]] = IGNORE_INDEX
+        batch = {"input_ids": input_ids, "labels": labels}
+        if "index" in features[0]:
+            batch["index"] = torch.tensor([f["index"] for f in features])
+        return batch
+
+
 def make_collator(input_format: str, tokenizer, pad_to_multiple_of=None):
     if input_format == "text":
         return TextCollator(tokenizer, pad_to_multiple_of)
@@ -122,4 +143,6 @@ def make_collator(input_format: str, tokenizer, pad_to_multiple_of=None):
         return ChoiceCollator(tokenizer, pad_to_multiple_of)
     if input_format == "span":
         return SpanCollator(tokenizer, pad_to_multiple_of)
+    if input_format == "blocks":
+        return BlockCollator()
     raise ValueError(f"no collator for input format '{input_format}'")

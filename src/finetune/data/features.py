@@ -7,6 +7,7 @@ boolean `truncated` column, so the number of examples cut to `task.max_length` c
 
 from __future__ import annotations
 
+from finetune.data.blocks import document_tokens
 from finetune.data.formats import encode
 from finetune.data.span import span_features
 
@@ -55,4 +56,5 @@ FEATURIZERS = {
     "text_both_orders": both_orders_features,
     "choices": choice_features,
     "span": span_features,  # extractive QA windows, see span.py
+    "blocks": document_tokens,  # language modelling: documents + end-of-text, then blocks (see blocks.py)
 }

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from datasets import Dataset
 from omegaconf import OmegaConf
 
-from finetune.data import span
+from finetune.data import blocks, span
 from finetune.data.columns import LabelEncoder, check_columns, standardize
 from finetune.data.features import FEATURIZERS
 from finetune.data.sources import load_splits, task_source
@@ -144,8 +144,11 @@ def featurize(rows: Dataset, input_format: str, tokenizer, task, training: bool,
 
     Evaluation features carry `index`, the row each example came from, so outputs gathered in any
     order (length-sorted, several processes) map back to their rows (span QA windows carry
-    `example_id` and `feature_index` instead, see finetune.data.span).
+    `example_id` and `feature_index` instead, see finetune.data.span; language-model blocks their
+    block number, see finetune.data.blocks).
     """
+    if input_format == "blocks":  # one token stream cut into blocks: see finetune.data.blocks
+        return blocks.featurize(rows, tokenizer, task, training, where)
     if not training and input_format != "span":
         rows = rows.add_column("index", list(range(len(rows))))
     keep = {"label", "index"}

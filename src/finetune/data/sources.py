@@ -8,7 +8,9 @@ A split is a file (a Hub split), a list of them, or a mapping with its own optio
 list may itself be a mapping, `{file: a.pos, label: positive}`: one label for all of its rows.
 Every file is read on its own (errors name its own lines; metrics.json says how many rows each
 gave), then a split's files are joined. `format: lines` reads one example per line into a `text`
-column; `pattern` cuts columns out of each line (finetune.data.patterns).
+column; `pattern` cuts columns out of each line (finetune.data.patterns). `format: text` reads raw
+text as documents (`document`: a line, a blank-line separated paragraph or a whole file) for
+language modelling.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +34,11 @@ from finetune.errors import DataError, HubUnavailableError
 
 log = logging.getLogger(__name__)
 
-FILE_FORMATS = ("tsv", "csv", "json", "jsonl", "parquet", "squad_json", "lines")
+FILE_FORMATS = ("tsv", "csv", "json", "jsonl", "parquet", "squad_json", "lines", "text")
+# What one row is (`document`): raw text files (format: text) split into lines, blank-line separated
+# paragraphs or whole files; every other format has rows already, each a document in its text column.
+TEXT_DOCUMENTS = ("line", "paragraph", "file")
+TABLE_DOCUMENTS = ("column",)
 
 # Options for reading a split's own files (e.g. a GLUE test file with a header and an id column
 # where train and dev have neither): allowed on a split entry and on each item of a list of files.
@@ -83,7 +90,21 @@ def load_splits(task, splits: list[str], data_dir: str | None, offline: bool) ->
     return _load_hub(task, source, splits, offline)
 
 
+def check_document_option(source, key: str) -> None:
+    """`document` must be one the format can make rows of (None: the format's default)."""
+    if source.document is None:
+        return
+    text = source.format == "text"
+    allowed = TEXT_DOCUMENTS if text else TABLE_DOCUMENTS
+    if source.document not in allowed:
+        hint = ("a text file's documents are its lines, paragraphs or the whole file" if text else
+                "a table's documents are its rows (the text column); use format=text for raw text files")
+        raise DataError(f"{key}.document={source.document!r} is not supported by format '{source.format}' "
+                        f"(choose {' or '.join(allowed)}; {hint})")
+
+
 def _load_hub(task, source, splits, offline):
+    check_document_option(source, "task.hub")
     loaded = {}
     for split in splits:
         parts, split_source = split_parts(task, source, split, "task.hub", default=split)
@@ -97,6 +118,7 @@ def _load_local(task, source, data_dir: Path, splits):
         raise DataError(f"data_dir '{data_dir}' does not exist or is not a directory")
     if source.format not in FILE_FORMATS:
         raise DataError(f"task '{task.name}': task.local.format '{source.format}' is not one of {', '.join(FILE_FORMATS)}")
+    check_document_option(source, "task.local")
     base = data_dir / source.path
     loaded = {}
     for split in splits:
@@ -247,7 +269,7 @@ def _shape_part(part: Part, dataset: Dataset, rows: FileRows) -> tuple[Dataset, 
         dataset, rows, dropped, groups = _apply_pattern(part, dataset, rows)
         made += groups
         pattern = (part.pattern_key, tuple(groups))
-    elif part.source.format == "lines":
+    elif part.source.format in ("lines", "text"):
         made.append("text")
     if part.label is not None:
         column = _label_column(part.source)
@@ -357,6 +379,8 @@ def _read_files(source, files: list[Path]) -> Dataset:
             return _read_delimited(source, files)
         if fmt == "squad_json":
             return _read_squad_json(source, files)
+        if fmt == "text":
+            return _read_text(source, files)
         builder = "json" if fmt in ("json", "jsonl") else fmt
         for path in files:
             if _is_blank(path):  # datasets fails on an empty file with a bare StopIteration
@@ -489,3 +513,40 @@ def _read_squad_json(source, files: list[Path]) -> Dataset:
                 f"qas {{id, question, answers [{{text, answer_start}}]}})"
             ) from None
     return Dataset.from_dict(rows)
+
+
+def _split_documents(batch, document: str) -> dict:
+    """One file's text (a row) -> its documents: lines, blank-line separated paragraphs, or the file.
+
+    Trailing whitespace is dropped and blank documents are skipped; leading spaces stay (WikiText's
+    lines start with one, and GPT-2's tokens carry the space before a word).
+    """
+    documents = []
+    for text in batch["text"]:
+        if document == "line":
+            pieces = text.split("\n")
+        elif document == "paragraph":
+            pieces = re.split(r"\n[ \t\f\v]*\n", text)
+        else:
+            pieces = [text]
+        documents.extend(piece.strip("\n").rstrip() for piece in pieces if piece.strip())
+    return {"text": documents}
+
+
+def _read_text(source, files: list[Path]) -> Dataset:
+    """`format: text`: raw text as one row per document (`document`: line (default), paragraph or file).
+
+    Files are read by datasets' text loader (one row per file) and split by a `map`, so both are
+    cached like every other source. A file with no text at all is an error naming it.
+    """
+    for path in files:
+        if _is_blank(path):
+            raise DataError(f"{path}: the file is empty or only whitespace; a text task needs text")
+    whole = datasets.load_dataset("text", data_files=[str(f) for f in files], split="train",
+                                  sample_by="document", encoding=source.encoding)
+    for path, text in zip(files, whole["text"]):
+        if not text.strip():
+            raise DataError(f"{path}: the file is empty or only whitespace; a text task needs text")
+    document = source.document or "line"
+    return whole.map(_split_documents, batched=True, batch_size=1, fn_kwargs={"document": document},
+                     remove_columns=whole.column_names, desc=f"Splitting text into {document}s")

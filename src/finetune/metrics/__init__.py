@@ -18,7 +18,11 @@ KEYS = {
     "matthews_correlation": ["matthews_correlation"],
     "pearson_spearmanr": ["pearson", "spearmanr"],
     "squad_v1": ["exact_match", "f1"],
+    "perplexity": ["perplexity", "nll_per_token"],
 }
+# Metrics that read token-level outputs (the lm head's evaluator); the others read predictions.
+TOKEN_METRICS = ("perplexity",)
+LOWER_IS_BETTER = ("perplexity", "nll_per_token")
 
 
 def load_metric(name: str, **kwargs) -> evaluate.EvaluationModule:

@@ -16,6 +16,7 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer, GPT2Config, GPT2M
 
 from finetune.data.formats import configure_tokenizer
 from finetune.errors import HubUnavailableError, ModelError
+from finetune.models.heads import HEADS
 
 log = logging.getLogger(__name__)
 
@@ -129,14 +130,15 @@ def load_backbone(model_cfg, tokenizer, base_vocab: int, offline: bool) -> torch
 def check_backbone_for_task(model_cfg, task_cfg, num_labels: int, backbone) -> None:
     """The task must fit the model: its max_length in the context window, and when the model is a
     fine-tuned classifier (a finetune export, or a *ForSequenceClassification checkpoint), its label
-    count must be this task's (else the head would be silently dropped for one of another shape)."""
+    count must be this task's (else the head would be silently dropped for one of another shape).
+    A language-model export (stage 1) starts any task; any backbone starts a language model."""
     n_positions = getattr(backbone.config, "n_positions", None)
     if n_positions is not None and task_cfg.max_length > n_positions:
         raise ModelError(
             f"task.max_length={task_cfg.max_length} is longer than the model's context window "
             f"({n_positions} positions): set task.max_length<={n_positions}"
         )
-    if model_cfg.from_scratch:
+    if model_cfg.from_scratch or HEADS[task_cfg.head].language_model:  # a language model needs no labels: any backbone will do
         return
     path = Path(model_cfg.name_or_path).expanduser()
     if not path.is_dir():
@@ -146,6 +148,8 @@ def check_backbone_for_task(model_cfg, task_cfg, num_labels: int, backbone) -> N
     if manifest_file.is_file():
         try:
             manifest = json.loads(manifest_file.read_text())
+            if getattr(HEADS.get(manifest.get("head")), "language_model", False):  # stage 1 of two: an adapted LM
+                return
             theirs = int(manifest["num_labels"])
             what = f"fine-tuned for task '{manifest.get('task')}' with a {theirs}-output '{manifest.get('head')}' head"
         except (OSError, ValueError, KeyError, TypeError):

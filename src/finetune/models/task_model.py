@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import torch
+from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import load_file, save_file
 from torch import nn
 import transformers
@@ -13,7 +14,8 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer
 
 from finetune.data.formats import GPT1_TOKENS, configure_tokenizer
 from finetune.errors import ModelError
-from finetune.models.heads import HEADS, Head, skip_padding_check
+from finetune.generation import generation_config
+from finetune.models.heads import HEADS, Head, lm_loss_sum, lm_target_count, skip_padding_check
 from finetune.training.checkpoint import RUN_INFO as CHECKPOINT_INFO
 
 MANIFEST = "finetune.json"
@@ -25,25 +27,43 @@ WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_mo
 class TaskModel(nn.Module):
     """Backbone + head. The loss is a sum over the batch's units divided by `loss_normalizers`
     (the units of the whole optimizer step, see finetune.training.loop); without normalizers it
-    is the batch mean."""
+    is the batch mean.
 
-    def __init__(self, backbone: nn.Module, head: Head):
+    With `aux_lm_weight` (GPT-1's λ) > 0, training adds λ times the LM loss over the real tokens of
+    every sequence the head read (each multiple-choice candidate, both orders of a pair, every span
+    window; never a pad), a token mean over the whole step like the task loss; `loss_terms` then
+    holds both parts (logged as train/task_loss and train/lm_loss). The LM head is the tied
+    embedding matrix, so nothing is added to the model or its export.
+    """
+
+    def __init__(self, backbone: nn.Module, head: Head, aux_lm_weight: float = 0.0):
         super().__init__()
         skip_padding_check(backbone)
         self.backbone = backbone
         self.head = head
+        self.aux_lm_weight = float(aux_lm_weight)
 
     def loss_counts(self, batch) -> dict:
-        """Units each loss term averages over: the task loss over examples (span QA: windows)."""
-        return {"task": len(batch["labels"])}
+        """Units each loss term averages over: the task loss over examples (span QA: windows; the
+        lm head: predicted tokens), the auxiliary LM loss over the real next-token targets of every
+        sequence read."""
+        counts = {"task": self.head.loss_units(batch["labels"])}
+        if self.aux_lm_weight > 0:
+            counts["lm"] = sum(lm_target_count(mask) for mask in self.head.sequence_masks(batch))
+        return counts
 
     def forward(self, labels=None, loss_normalizers=None, **batch):
-        logits = self.head(self.backbone, batch)
+        reads = [] if self.aux_lm_weight > 0 and labels is not None else None
+        logits = self.head(self.backbone, batch, reads)
         if labels is None:
             return {"loss": None, "logits": logits}
         normalizers = loss_normalizers or self.loss_counts({**batch, "labels": labels})
         loss = self.head.loss(logits, labels, reduction="sum") / normalizers["task"]
-        return {"loss": loss, "logits": logits}
+        if reads is None:
+            return {"loss": loss, "logits": logits}
+        lm_loss = lm_loss_sum(self.backbone, reads) / normalizers["lm"]
+        return {"loss": loss + self.aux_lm_weight * lm_loss, "logits": logits,
+                "loss_terms": {"task_loss": loss, "lm_loss": lm_loss}}
 
 
 def build_head(name: str, hidden_size: int, num_labels: int, dropout: float, args: dict,
@@ -78,7 +98,8 @@ def manifest_for(model: TaskModel, tokenizer, task_cfg, labels: list[str] | None
     return {
         "task": task_cfg.name,
         "head": task_cfg.head,
-        "head_args": dict(task_cfg.head_args),
+        "head_args": OmegaConf.to_container(task_cfg.head_args, resolve=True) if isinstance(task_cfg.head_args, DictConfig)
+        else dict(task_cfg.head_args),
         "num_labels": model.head.num_labels,
         "labels": labels,
         "max_length": task_cfg.max_length,
@@ -105,14 +126,18 @@ def export(model: TaskModel, tokenizer, task_cfg, labels: list[str] | None, out_
     out_dir.mkdir(parents=True, exist_ok=True)
     head, backbone = model.head, model.backbone
     config = backbone.config
-    if labels is not None:
+    if labels is not None and not head.language_model:
         config.id2label = dict(enumerate(labels))
         config.label2id = {name: i for i, name in enumerate(labels)}
     if head.exports_to:
         head.export_config(config)
         hf_model = getattr(transformers, head.exports_to)(config)
         hf_model.transformer.load_state_dict(backbone.state_dict())
-        getattr(hf_model, head.export_module).load_state_dict(getattr(head, head.export_module).state_dict())
+        if head.export_module:
+            getattr(hf_model, head.export_module).load_state_dict(getattr(head, head.export_module).state_dict())
+        if head.language_model:  # the generation config pipeline("text-generation") reads
+            hf_model.tie_weights()
+            hf_model.generation_config = generation_config(task_cfg.head_args.get("generation"), tokenizer)
         hf_model.save_pretrained(out_dir)
     else:
         backbone.save_pretrained(out_dir)
@@ -145,7 +170,8 @@ def task_model_from_export(loaded, manifest: dict, model_dir: str | Path) -> Tas
     backbone = loaded.transformer if head_cls.exports_to else loaded
     head = build_head(manifest["head"], backbone.config.n_embd, manifest["num_labels"], 0.0, manifest["head_args"])
     if head_cls.exports_to:
-        getattr(head, head.export_module).load_state_dict(getattr(loaded, head.export_module).state_dict())
+        if head.export_module:  # the LM head has no layer of its own (tied to the token embeddings)
+            getattr(head, head.export_module).load_state_dict(getattr(loaded, head.export_module).state_dict())
     else:
         head.load_state_dict(load_file(str(Path(model_dir) / HEAD_WEIGHTS)))
     head.to(next(backbone.parameters()).device)

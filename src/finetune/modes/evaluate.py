@@ -1,9 +1,14 @@
-"""mode=evaluate: score a fine-tuned model on every eval split of the task, without training."""
+"""mode=evaluate: score a fine-tuned model on every eval split of the task, without training.
+
+A language-modelling task also accepts a pretrained LM as it is (perplexity before any training),
+and continues its sample prompts into samples.jsonl.
+"""
 
 from __future__ import annotations
 
 import logging
 
+from finetune.generation import sample_hooks
 from finetune.modes.outcome import Outcome
 from finetune.setup import setup
 from finetune.training.batching import build_eval_loader
@@ -33,6 +38,7 @@ def run(cfg) -> Outcome:
     }
     for split, result in results.items():
         log.info("%s: %s", split, " ".join(f"{k}={v:.4f}" for k, v in result.items() if k != "num_examples"))
+    samples = [row for hook in sample_hooks(cfg, ctx.tokenizer, ctx.run_dir, ctx.accelerator) for row in hook(model, None)]
     first = next(iter(results))
     metrics = {
         "task": task.name,
@@ -48,4 +54,5 @@ def run(cfg) -> Outcome:
         f"{split}: " + ", ".join(f"{k}={v:.4f}" for k, v in result.items() if k != "num_examples")
         + f" ({result['num_examples']} examples)" for split, result in results.items()
     ]
+    summary += [f"samples ({len(samples)}) in samples.jsonl"] if samples else []
     return Outcome(ctx, metrics, summary)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import logging
 
 from finetune.config import predict_splits
+from finetune.errors import ConfigError
 from finetune.inference import predict_rows
+from finetune.models.heads import HEADS
 from finetune.modes.evaluate import eval_loaders
 from finetune.modes.outcome import Outcome
 from finetune.outputs.predictions import write_predictions, write_submission
@@ -17,6 +19,11 @@ log = logging.getLogger("finetune")
 
 def run(cfg) -> Outcome:
     task = cfg.task
+    if HEADS[task.head].language_model:
+        raise ConfigError(
+            f"mode=predict: task '{task.name}' is language modelling, with no labels to predict; use mode=evaluate for "
+            f"perplexity, task.head_args.sample_prompts for samples, or pipeline('text-generation', model=<run dir>/model)"
+        )
     splits = predict_splits(task)
     ctx = setup(cfg, train_split=None, eval_splits=splits, trained=True, unlabelled_ok=tuple(splits))
     accelerator = ctx.accelerator

@@ -6,6 +6,7 @@ import logging
 from functools import partial
 
 from finetune.config import to_container
+from finetune.generation import sample_hooks
 from finetune.models.task_model import export, manifest_for, write_model_files
 from finetune.modes.outcome import Outcome
 from finetune.outputs.curves import write_curves
@@ -39,7 +40,8 @@ def run(cfg) -> Outcome:
 
     manifest = manifest_for(model, tokenizer, task, ctx.labels)
     trainer = Trainer(cfg, accelerator, model, tokenizer, ctx.data, ctx.run_dir,
-                      write_model_files=partial(write_model_files, model, tokenizer, manifest))
+                      write_model_files=partial(write_model_files, model, tokenizer, manifest),
+                      on_evaluate=sample_hooks(cfg, tokenizer, ctx.run_dir, accelerator))
     train_summary = trainer.fit()
     trainer.load_best()
     progress = trainer.progress

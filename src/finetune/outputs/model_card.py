@@ -25,9 +25,10 @@ def both_orders(manifest: dict) -> bool:
 
 
 def plain_pipeline_agrees(manifest: dict) -> bool:
-    """Does transformers' own `pipeline("text-classification")` on the directory give the framework's
-    predictions? For one-sequence heads yes; a both-order similarity model it scores in one order."""
-    return manifest["head"] in PIPELINE_TASKS and not both_orders(manifest)
+    """Does transformers' own pipeline ("text-classification"; "text-generation" for an LM) on the
+    directory give the framework's predictions? For one-sequence heads and the LM yes; a both-order
+    similarity model it scores in one order."""
+    return manifest["head"] == "lm" or (manifest["head"] in PIPELINE_TASKS and not both_orders(manifest))
 
 
 def _pairs(manifest: dict) -> bool:
@@ -54,6 +55,16 @@ def _returns(manifest: dict) -> str:
 
 
 def _how_to_load(manifest: dict) -> str:
+    if manifest["head"] == "lm":
+        return "\n".join([
+            "```python",
+            "from transformers import pipeline",
+            'generate = pipeline("text-generation", model="<this directory>")',
+            'print(generate("The history of the city")[0]["generated_text"])',
+            "```",
+            "generation_config.json holds the generation settings the training samples used. As a backbone for a task:",
+            "`python train.py task=<task> model.name_or_path=<this directory>` (the LM head is dropped, the task head added).",
+        ])
     head, example = manifest["head"], _example(manifest)
     lines = [
         "With the finetune package installed, either form predicts exactly what the framework's evaluation and "
@@ -119,7 +130,7 @@ def write_model_card(model_dir: Path, manifest: dict, cfg, metrics: dict) -> Pat
         "model-index": [{
             "name": f"{Path(str(cfg.model.name_or_path)).name}-{manifest['task']}",
             "results": [{
-                "task": {"type": PIPELINE_TASKS.get(manifest["head"], manifest["head"])},
+                "task": {"type": {**PIPELINE_TASKS, "lm": "text-generation"}.get(manifest["head"], manifest["head"])},
                 "dataset": {"name": manifest["task"], "split": split},
                 "metrics": [{"type": k, "value": round(float(v), 6)} for k, v in result.items() if k != "num_examples"],
             } for split, result in evaluation.items()],
@@ -139,8 +150,9 @@ def write_model_card(model_dir: Path, manifest: dict, cfg, metrics: dict) -> Pat
         "",
         f"Fine-tuned from `{cfg.model.name_or_path}` on task `{manifest['task']}` with the finetune framework.",
         "",
-        "## Labels",
-        ", ".join(f"{i}: `{name}`" for i, name in enumerate(labels)) if labels else "One regression output (a score).",
+        *(["## Language model", "GPT-2's LM head, tied to the token embeddings (`GPT2LMHeadModel`)."] if manifest["head"] == "lm" else [
+            "## Labels",
+            ", ".join(f"{i}: `{name}`" for i, name in enumerate(labels)) if labels else "One regression output (a score)."]),
         "",
         "## Evaluation (best checkpoint)",
         "| split | " + " | ".join(k for k in next(iter(evaluation.values()), {}) if k != "num_examples") + " | examples |",

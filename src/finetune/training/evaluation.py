@@ -8,7 +8,9 @@ the prediction files (`mode=predict`, `finetune.inference`).
 
 Each head names its evaluator (`Head.evaluator`):
 - `classes`: one score per class or candidate (a scalar for regression) per example;
-- `spans`: start/end scores per window, turned into one answer string per example.
+- `spans`: start/end scores per window, turned into one answer string per example;
+- `tokens`: per language-model block, the summed NLL and count of its predicted tokens, and the
+  predicted and target token at every scored position (perplexity, next-token accuracy).
 """
 
 from __future__ import annotations
@@ -19,8 +21,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from finetune.data.blocks import IGNORE_INDEX
 from finetune.data.span import postprocess, span_args
-from finetune.metrics import load_metric
+from finetune.metrics import TOKEN_METRICS, load_metric
 
 
 @dataclass
@@ -30,6 +33,11 @@ class SplitOutputs:
     scores: np.ndarray | None = None  # classes: (examples, classes or candidates); regression: (examples,)
     answers: list[str] | None = None  # spans: the answer string of each example
     references: list | None = None  # gold labels (class ids, scores, answer lists); None when unlabelled
+    # tokens: per block, summed NLL and predicted-token count; per scored token (block order), the
+    # predicted id (`next_tokens`) and the target id (`references`).
+    nll: np.ndarray | None = None
+    token_counts: np.ndarray | None = None
+    next_tokens: np.ndarray | None = None
 
 
 class SingleProcess:
@@ -132,7 +140,43 @@ def span_outputs(accelerator, model, loader, features, examples) -> SplitOutputs
     return SplitOutputs(answers=[answers[i] for i in examples["id"]], references=references)
 
 
-EVALUATORS = {"classes": class_outputs, "spans": span_outputs}
+@torch.no_grad()
+def token_outputs(accelerator, model, loader, features=None, examples=None) -> SplitOutputs:
+    """Language modelling: every block (or strided window) scored once, gathered across processes.
+
+    Blocks all have task.max_length tokens, so per-block tensors gather without padding;
+    `gather_for_metrics` drops the blocks sharding repeated, and the block `index` checks that each
+    block of the split was counted exactly once.
+    """
+    unwrapped = accelerator.unwrap_model(model)
+    was_training = unwrapped.training
+    unwrapped.eval()
+    device = _device_of(unwrapped)
+    nll, counts, predicted, targets = {}, {}, {}, {}
+    for batch in loader:
+        batch = {key: value.to(device) for key, value in batch.items()}
+        index = batch.pop("index")
+        with accelerator.autocast():
+            outputs = unwrapped.head.score_tokens(unwrapped.backbone, batch["input_ids"], batch["labels"])
+        gathered = accelerator.gather_for_metrics((*outputs, index))
+        block_nll, block_counts, block_predicted, block_targets, rows = (t.cpu() for t in gathered)
+        for j, row in enumerate(rows.tolist()):
+            nll[row], counts[row] = float(block_nll[j]), int(block_counts[j])
+            keep = block_targets[j] != IGNORE_INDEX
+            predicted[row], targets[row] = block_predicted[j][keep].numpy(), block_targets[j][keep].numpy()
+    unwrapped.train(was_training)
+    count = len(features) if features is not None else len(nll)
+    if sorted(nll) != list(range(count)):
+        raise RuntimeError(f"evaluation gathered {len(nll)} blocks for a split of {count}")
+    return SplitOutputs(
+        nll=np.array([nll[i] for i in range(count)], dtype=np.float64),
+        token_counts=np.array([counts[i] for i in range(count)], dtype=np.int64),
+        next_tokens=np.concatenate([predicted[i] for i in range(count)]),
+        references=np.concatenate([targets[i] for i in range(count)]),
+    )
+
+
+EVALUATORS = {"classes": class_outputs, "spans": span_outputs, "tokens": token_outputs}
 
 
 def split_outputs(accelerator, model, loader, features=None, examples=None) -> SplitOutputs:
@@ -141,15 +185,27 @@ def split_outputs(accelerator, model, loader, features=None, examples=None) -> S
 
 
 def compute_metrics(head, outputs: SplitOutputs, metric_names) -> dict:
-    """The task's metrics over every example (its `predictions` against the references)."""
+    """The task's metrics over every example (its `predictions` against the references).
+
+    Token outputs: perplexity reads the per-block NLL sums and counts; accuracy compares the
+    predicted next token with the target at every scored position. `num_examples` counts blocks.
+    """
     if outputs.references is None:
         raise ValueError("the split has no labels to score against")
-    predictions = outputs.answers if outputs.answers is not None else head.predictions(torch.from_numpy(outputs.scores)).reshape(-1).tolist()
+    if outputs.nll is not None:
+        predictions, examples = outputs.next_tokens.tolist(), len(outputs.nll)
+    else:
+        predictions = outputs.answers if outputs.answers is not None else head.predictions(torch.from_numpy(outputs.scores)).reshape(-1).tolist()
+        examples = len(predictions)
+    references = outputs.references.tolist() if isinstance(outputs.references, np.ndarray) else outputs.references
     results = {}
-    for metric in load_metrics(metric_names):
-        metric.add_batch(predictions=predictions, references=outputs.references)
+    for name, metric in zip(metric_names, load_metrics(metric_names)):
+        if name in TOKEN_METRICS:
+            metric.add_batch(nll=outputs.nll.tolist(), tokens=outputs.token_counts.tolist())
+        else:
+            metric.add_batch(predictions=predictions, references=references)
         results.update(metric.compute())
-    results["num_examples"] = len(predictions)
+    results["num_examples"] = examples
     return results
 
 

@@ -76,8 +76,10 @@ def better(value: float, reference: float | None, mode: str, margin: float = 0.0
 
 
 class Trainer:
-    def __init__(self, cfg, accelerator, model, tokenizer, data, run_dir: Path, write_model_files=None):
+    def __init__(self, cfg, accelerator, model, tokenizer, data, run_dir: Path, write_model_files=None, on_evaluate=()):
+        """`on_evaluate`: callables `(unwrapped model, step)` run after every evaluation (e.g. text samples)."""
         self.cfg, self.accelerator, self.data = cfg, accelerator, data
+        self.on_evaluate = list(on_evaluate)
         self.run_dir = Path(run_dir)
         self.checkpoint_root = self.run_dir / "checkpoints"
         self.trainer_cfg = cfg.trainer
@@ -203,6 +205,8 @@ class Trainer:
             self.main_metric, p.best_value, p.best_step,
         )
         self.accelerator.log({f"eval/{s}/{k}": v for s, r in results.items() for k, v in r.items()}, step=p.step)
+        for hook in self.on_evaluate:
+            hook(self.accelerator.unwrap_model(self.model), p.step)
         self.save_checkpoint()
         return results
 
