@@ -195,6 +195,27 @@ def test_placeholders_filters_candidates_and_content_free_text():
         csqa.text({**row, "choices": ["a", "b", "c", "d"]}, "dev.jsonl row 7")
 
 
+def test_zeroshot_is_a_mode_and_experiment_glue_sweeps_the_glue_tasks():
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from conftest import CONFIG_DIR
+    from finetune.modes import MODES
+
+    assert set(MODES) == {p.stem for p in (CONFIG_DIR / "mode").glob("*.yaml")} and "zeroshot" in MODES
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=["experiment=glue", "mode=zeroshot"], return_hydra_config=True)
+    GlobalHydra.instance().clear()
+    assert str(cfg.hydra.mode) == "RunMode.MULTIRUN" and cfg.mode.name == "zeroshot"
+    tasks = cfg.hydra.sweeper.params.task.split(",")
+    assert tasks == ["cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte", "wnli"]
+    assert cfg.hydra.sweeper.params.seed == "1,2,3"
+    # Every GLUE task but STS-B (regression) ships a prompt.
+    for task in tasks:
+        assert bool(compose_config([f"task={task}"]).task.prompt.template) == (task != "stsb")
+
+
 # ------------------------------------------------------------------ whole runs
 def read_lines(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]

@@ -305,7 +305,8 @@ def by_task(rows: list[dict], paper: str | None = None) -> tuple[list[str], list
             candidates = [row for row in task_rows if row["mode"] == mode and metric in row["metrics"]]
             if candidates:
                 best = max(candidates, key=lambda row: row["metrics"][metric]["mean"])
-                cells[mode] = _cell(best["metrics"][metric]) + (f" ({best['setting']})" if len(candidates) > 1 else "")
+                named = best["setting"].strip("()")  # "(defaults)" -> "defaults"
+                cells[mode] = _cell(best["metrics"][metric]) + (f" ({named})" if len(candidates) > 1 else "")
         table.append({"task": task, "metric": metric, "cells": cells, "paper": _paper_cell(paper, task)})
     return modes, table
 

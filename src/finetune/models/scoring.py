@@ -20,8 +20,8 @@ gathered, so every request counts once and every process returns all of them.
 
 from __future__ import annotations
 
-import logging
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -29,9 +29,6 @@ import torch.nn.functional as F
 
 from finetune.errors import DataError
 from finetune.models.heads import skip_padding_check
-
-log = logging.getLogger("finetune")
-
 
 @dataclass
 class ScoringStats:
@@ -123,8 +120,6 @@ def _device(model) -> torch.device:
 
 
 def _autocast(accelerator):
-    from contextlib import nullcontext
-
     return accelerator.autocast() if accelerator is not None else nullcontext()
 
 
@@ -237,10 +232,10 @@ def greedy_until(model, tokenizer, prompts: list[str], max_new_tokens: int, stop
             )
         new_tokens = output[:, width:].cpu()
         for j, i in enumerate(batch):
-            ids = [t for t in new_tokens[j].tolist()]
+            ids = new_tokens[j].tolist()
             if tokenizer.eos_token_id in ids:  # generation ended: the rest is padding
                 ids = ids[:ids.index(tokenizer.eos_token_id)]
-            text = tokenizer.decode(ids, skip_special_tokens=True)
+            text = tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
             for marker in stop:
                 text = text.split(marker)[0]
             results.append((i, text))
