@@ -2,7 +2,7 @@
 
 Scores the same model on the same rows with the same prompt twice: with `python train.py
 mode=zeroshot task=<task> trainer.max_eval_samples=N` and with the harness's HF backend (`HFLM`)
-running the harness's own task YAML (glue/sst2, glue/rte, glue/cola, glue/mrpc, storycloze_2016,
+running the harness's own task YAML (glue/sst2, glue/rte, glue/qnli, glue/cola, glue/mrpc, storycloze_2016,
 arc_easy, commonsense_qa) pointed at the same local files (only the dataset location and, where
 the local files use other column names or string labels, a `process_docs` that renames them are
 changed). Prints per task: the largest |difference| of a candidate's log-likelihood over all
@@ -16,7 +16,7 @@ lm_eval is NOT a dependency of this project; install it in a throwaway environme
     PYTHONPATH=src /tmp/lmeval-venv/bin/python benchmarks/compare_lm_eval.py \\
         --data-dir ../shared/data --model ../shared/data/models/gpt2-mini-pretrained --limit 100
 
-Local copies (../shared/data): SST-2/RTE/CoLA/MRPC GLUE TSVs, Story Cloze CSV (its test file is our
+Local copies (../shared/data): SST-2/RTE/QNLI/CoLA/MRPC GLUE dev TSVs, Story Cloze CSV (its test file is our
 validation split), ARC-Easy MMLU-style CSV (rows whose options were lost are filtered the same way
 on both sides), CommonsenseQA validation JSONL (already in the harness's schema).
 """
@@ -40,6 +40,7 @@ HARNESS_TASKS = {  # our task -> the harness's task YAML (relative to lm_eval/ta
     "cola": "glue/cola/default.yaml",
     "mrpc": "glue/mrpc/default.yaml",
     "rte": "glue/rte/default.yaml",
+    "qnli": "glue/qnli/default.yaml",
     "storycloze": "storycloze/storycloze_2016.yaml",
     "arc_easy": "arc/arc_easy.yaml",
     "commonsenseqa": "commonsense_qa/default.yaml",
@@ -69,6 +70,10 @@ def _docs(task: str, data: Path) -> list[dict]:
         labels = {"entailment": 0, "not_entailment": 1}
         return [{"sentence1": r["sentence1"], "sentence2": r["sentence2"], "label": labels[r["label"]], "idx": i}
                 for i, r in enumerate(_tsv(data / "glue/RTE/dev.tsv"))]
+    if task == "qnli":
+        labels = {"entailment": 0, "not_entailment": 1}
+        return [{"question": r["question"], "sentence": r["sentence"], "label": labels[r["label"]], "idx": i}
+                for i, r in enumerate(_tsv(data / "glue/QNLI/dev.tsv"))]
     if task == "storycloze":
         with open(data / "storycloze/cloze_test_test__spring2016.csv", encoding="utf-8-sig", newline="") as handle:
             rows = list(csv.DictReader(handle))
@@ -163,7 +168,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data"))
     parser.add_argument("--model", default=str(ROOT.parent / "shared" / "data" / "models" / "gpt2-mini-pretrained"))
-    parser.add_argument("--tasks", default="sst2,rte,storycloze,arc_easy,commonsenseqa")
+    parser.add_argument("--tasks", default=",".join(HARNESS_TASKS))
     parser.add_argument("--limit", type=int, default=100, help="first N validation examples of each task")
     parser.add_argument("--batch-size", type=int, default=32, help="the harness's batch size")
     parser.add_argument("--tolerance", type=float, default=1e-4)

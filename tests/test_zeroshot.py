@@ -331,14 +331,12 @@ def test_two_processes_count_every_example_once(tiny_run, tmp_path):
 @pytest.fixture(scope="module")
 def classifier_export(tmp_path_factory):
     """A fine-tuned classifier's model/ directory (GPT2ForSequenceClassification + finetune.json)."""
-    from transformers import GPT2Config, GPT2Model
+    from transformers import AutoTokenizer, GPT2Config, GPT2Model
 
     from finetune.models.task_model import TaskModel, build_head, export
 
     path = tmp_path_factory.mktemp("classifier") / "model"
     cfg = compose_config(["experiment=quickstart"])
-    from transformers import AutoTokenizer
-
     tokenizer = AutoTokenizer.from_pretrained(ROOT / "data" / "tiny-tokenizer")
     tokenizer.pad_token = tokenizer.eos_token
     backbone = GPT2Model(GPT2Config(vocab_size=len(tokenizer), n_layer=1, n_embd=16, n_head=2, n_positions=64))

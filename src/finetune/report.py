@@ -321,8 +321,11 @@ def to_markdown(sweep_dir, jobs: list[Job], rows: list[dict], paper: str | None 
     common = common_overrides(jobs)
     if common:
         lines += ["", "Common overrides: `" + " ".join(common) + "`"]
-    modes = _has_modes(rows)
-    side_by_side = modes and (paper or len({row["mode"] for row in rows}) > 1)
+    known = {row["mode"] for row in rows}
+    modes = len(known) > 1  # a mode column only when runs of several modes are reported together
+    if len(known) == 1 and None not in known:
+        lines += ["", f"Mode: {next(iter(known))}"]
+    side_by_side = modes or (paper is not None and _has_modes(rows))
     if side_by_side:
         mode_names, table = by_task(rows, paper)
         header = ["task", "metric", *[m or "(no mode)" for m in mode_names]] + ([PAPERS[paper]["column"]] if paper else [])
