@@ -180,3 +180,52 @@ def test_best_is_the_lowest_when_the_main_metric_is_better_lower(tmp_path):
         (job / "metrics.json").write_text(json.dumps({**metrics, "main_metric_mode": "min"}))
     [row] = report.summarise(report.collect(root))
     assert (row["best"], row["best_seed"]) == (25.0, "2")
+
+
+def _run(path: Path, task: str, mode: str, overrides: list[str], metrics: dict, main: str = "accuracy") -> Path:
+    """A single run directory (not a sweep): .hydra/overrides.yaml and metrics.json with its mode."""
+    (path / ".hydra").mkdir(parents=True)
+    (path / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump([f"task={task}", *overrides]))
+    (path / "metrics.json").write_text(json.dumps({"task": task, "mode": mode, "main_metric": main,
+                                                   "eval": {**metrics, "num_examples": 100}}))
+    return path
+
+
+def test_zero_shot_and_fine_tuned_runs_side_by_side_with_the_gpt1_paper(tmp_path):
+    """Run directories and a sweep given together; rows per (task, mode, setting), a by-task table with
+    one column per mode (zero-shot first) and the paper's figure, and the note on the paper's splits."""
+    zs_sst2 = _run(tmp_path / "outputs/sst2/zeroshot/t1", "sst2", "zeroshot", ["mode=zeroshot"], {"accuracy": 0.55, "accuracy_norm": 0.54})
+    zs_k3 = _run(tmp_path / "outputs/sst2/zeroshot/t2", "sst2", "zeroshot", ["mode=zeroshot", "task.prompt.shots=3"],
+                 {"accuracy": 0.60, "accuracy_norm": 0.58})
+    zs_mrpc = _run(tmp_path / "outputs/mrpc/zeroshot/t1", "mrpc", "zeroshot", ["mode=zeroshot"], {"accuracy": 0.40, "f1": 0.30})
+    sweep = tmp_path / "multirun" / "s"
+    for num, (seed, accuracy) in enumerate([(1, 0.80), (2, 0.84)]):
+        _run(sweep / str(num), "sst2", "train", ["trainer.max_steps=300", f"seed={seed}"], {"accuracy": accuracy})
+    _run(sweep / "2", "mrpc", "train", ["trainer.max_steps=300", "seed=1"], {"accuracy": 0.70, "f1": 0.80})
+    out = tmp_path / "report"
+    assert report.main([str(zs_sst2), str(zs_k3), str(zs_mrpc), str(sweep), "--paper", "gpt1", "--out", str(out)]) == 0
+    markdown = (out / "report.md").read_text()
+    by_task, _, settings = markdown.partition("## All settings")
+    assert "| task | metric | zeroshot | train | GPT-1 paper |" in by_task
+    # The better zero-shot setting (3-shot) is shown and named; the paper's MRPC figure is F1, so F1 is compared.
+    assert "| sst2 | accuracy | 0.6000 (task.prompt.shots=3) | 0.8200 ± 0.0283 | accuracy 0.913 |" in by_task
+    assert "| mrpc | f1 | 0.3000 | 0.8000 | f1 0.823 |" in by_task
+    assert "GLUE test sets" in by_task and "Story Cloze test set" in by_task
+    rows = [line for line in settings.splitlines() if line.startswith("| sst2") or line.startswith("| mrpc")]
+    assert [r.split(" | ")[1:3] for r in rows] == [["zeroshot", "(defaults)"], ["train", "trainer.max_steps=300"],
+                                                    ["zeroshot", "(defaults)"], ["zeroshot", "task.prompt.shots=3"],
+                                                    ["train", "trainer.max_steps=300"]]
+    with (out / "report.csv").open() as handle:
+        csv_rows = list(csv.DictReader(handle))
+    assert [(r["task"], r["mode"]) for r in csv_rows] == [("mrpc", "zeroshot"), ("mrpc", "train"), ("sst2", "zeroshot"),
+                                                         ("sst2", "zeroshot"), ("sst2", "train")]
+    assert csv_rows[0]["paper_gpt1"] == "f1 0.823"
+    with pytest.raises(SystemExit) as exit_:  # argparse: one line naming the choices
+        report.main([str(sweep), "--paper", "gpt9"])
+    assert exit_.value.code == 2
+
+
+def test_paper_column_for_mnli_shows_matched_and_mismatched(tmp_path):
+    run = _run(tmp_path / "mnli", "mnli", "zeroshot", ["mode=zeroshot"], {"accuracy": 0.35})
+    assert report.main([str(run), "--paper", "gpt1", "--out", str(tmp_path / "out")]) == 0
+    assert "accuracy 0.821 (matched) / 0.814 (mismatched)" in (tmp_path / "out" / "report.md").read_text()

@@ -55,6 +55,29 @@ class SourceConfig:
 
 
 @dataclass
+class PromptConfig:
+    """How mode=zeroshot asks the pretrained LM (finetune.data.prompts; lm-evaluation-harness conventions).
+
+    `template` names the task's column roles as placeholders ({text}, {text_pair}, {context},
+    {question}, {choices[0]}; filters {role|strip}, {role|period}). `choices` maps each label name to
+    the answer text scored after the prompt; multiple choice omits it (the row's candidates are the
+    answers). Span QA generates the answer greedily instead.
+    """
+
+    template: str = ""  # empty: the task has no prompt (mode=zeroshot then says which key to set)
+    # label name -> answer text; empty for multiple choice (the row's candidates). Any: a YAML boolean is reported, not cast.
+    choices: Dict[str, Any] = field(default_factory=dict)
+    delimiter: str = " "  # between the prompt and each answer (the harness's target_delimiter)
+    fewshot_delimiter: str = "\n\n"  # after each solved demonstration
+    shots: int = 0  # solved training examples put before every prompt (the same ones for every example)
+    shot_seed: Optional[int] = None  # which training examples; None = the run's `seed`
+    calibration: str = "none"  # none | contextual (Zhao et al. 2021: divide by the content-free probabilities)
+    content_free: str = "N/A"  # the input that stands for "no content" in contextual calibration
+    max_new_tokens: int = 32  # span QA: greedy continuation up to a stop string or this many tokens
+    stop: List[str] = field(default_factory=lambda: ["\n"])  # span QA: stop strings
+
+
+@dataclass
 class TaskConfig:
     name: str = MISSING
     head: str = MISSING  # a name in finetune.models.heads.HEADS
@@ -77,6 +100,7 @@ class TaskConfig:
     # GPT-1's auxiliary objective: loss = task loss + aux_lm_weight * LM loss over the real tokens of
     # every sequence the head reads (0 = off; GPT-1 used 0.5).
     aux_lm_weight: float = 0.0
+    prompt: PromptConfig = field(default_factory=PromptConfig)  # mode=zeroshot: how to ask the pretrained LM
 
 
 @dataclass
@@ -285,6 +309,14 @@ def validate(cfg) -> None:
     _check(es.min_delta >= 0, "trainer.early_stopping.min_delta", es.min_delta, "a number >= 0")
     _check(task.hub is not None or task.local is not None, "task", task.name, "a 'hub' or a 'local' source")
     _check(o.scheduler in SCHEDULERS, "optim.scheduler", o.scheduler, f"one of {', '.join(SCHEDULERS)}")
+    p = task.prompt
+    _check(p.shots >= 0, "task.prompt.shots", p.shots, "an integer >= 0")
+    _check(p.calibration in ("none", "contextual"), "task.prompt.calibration", p.calibration, "none or contextual")
+    _check(p.max_new_tokens >= 1, "task.prompt.max_new_tokens", p.max_new_tokens, "an integer >= 1")
+    _check(len(p.stop) > 0 and all(p.stop), "task.prompt.stop", list(p.stop), "a list of non-empty stop strings")
+    if cfg.mode.name == "zeroshot":
+        _check(not cfg.model.gpt1_tokens, "model.gpt1_tokens", cfg.model.gpt1_tokens,
+               "false in mode=zeroshot (the GPT-1 tokens are learned in fine-tuning; a pretrained LM has none)")
     m = cfg.model
     if m.from_scratch and m.n_embd is not None:
         n_head = m.n_head if m.n_head is not None else 12  # GPT2Config's default

@@ -1,9 +1,12 @@
-"""Summarise a sweep: `python -m finetune.report multirun/<time> [--out DIR]`.
+"""Summarise runs: `python -m finetune.report multirun/<time> [more sweeps or run dirs] [--paper gpt1] [--out DIR]`.
 
-Reads every job directory of a Hydra multirun (one with `.hydra/overrides.yaml`, `metrics.json`,
-`config.yaml` or `failure.json`), groups the jobs by task and setting (the overrides other than
-`task`, `seed` and the cross-validation fold `task.local.fold` / `task.hub.fold`), and writes
-report.md, report.csv and report.png.
+Reads every job directory of the given Hydra multiruns and single run directories (one with
+`.hydra/overrides.yaml`, `metrics.json`, `config.yaml` or `failure.json`), groups the jobs by task,
+mode (train, zeroshot, evaluate, ...) and setting (the overrides other than `task`, `seed`, `mode`
+and the cross-validation fold `task.local.fold` / `task.hub.fold`), and writes report.md, report.csv
+and report.png. Zero-shot and fine-tuned runs of a task are rows next to each other, and a "by task"
+table puts their main metric side by side; `--paper gpt1` adds the GPT-1 paper's published figure
+for the tasks it reports.
 
 * Metrics are the job's reported evaluation (metrics.json "eval": the best evaluation on the first
   eval split, the checkpoint that was exported).
@@ -34,7 +37,31 @@ from pathlib import Path
 import yaml
 
 FOLD_KEYS = ("task.local.fold", "task.hub.fold")  # a cross-validation fold is a replicate, like a seed
-GROUP_KEYS = ("task", "seed", *FOLD_KEYS)  # not part of a "setting"
+GROUP_KEYS = ("task", "seed", "mode", *FOLD_KEYS)  # not part of a "setting"
+MODE_ORDER = ("zeroshot", "train", "evaluate", "predict")  # zero-shot first: what fine-tuning starts from
+
+# Published results to put beside ours (--paper). Metric keys are ours; values on our 0-1 scale.
+PAPERS = {
+    "gpt1": {
+        "column": "GPT-1 paper",
+        "note": ("GPT-1 paper: Radford et al. 2018, \"Improving Language Understanding by Generative Pre-Training\" "
+                 "(Tables 2-4), a 12-layer 768-wide Transformer fine-tuned per task. Its GLUE figures are on the GLUE "
+                 "test sets (scored by the GLUE server; MNLI matched / mismatched), Story Cloze on the Story Cloze test "
+                 "set (our storycloze validation split); our rows are scored on the splits named in each run (GLUE dev), "
+                 "so they are not the same examples, and the paper's model is not ours."),
+        "results": {
+            "sst2": [("accuracy", 0.913, None)],
+            "cola": [("matthews_correlation", 0.454, None)],
+            "mrpc": [("f1", 0.823, None)],
+            "stsb": [("pearson", 0.820, None)],
+            "qqp": [("f1", 0.703, None)],
+            "mnli": [("accuracy", 0.821, "matched"), ("accuracy", 0.814, "mismatched")],
+            "qnli": [("accuracy", 0.881, None)],
+            "rte": [("accuracy", 0.560, None)],
+            "storycloze": [("accuracy", 0.865, None)],
+        },
+    },
+}
 MARKERS = ("metrics.json", "failure.json", "config.yaml", ".hydra")
 REPORT_NAMES = ("report.md", "report.csv", "report.png")
 
@@ -47,6 +74,7 @@ class Job:
     task: str | None = None
     seed: str | None = None
     fold: str | None = None
+    mode: str | None = None  # metrics.json "mode" (config mode.name); None for runs that predate modes
     main_metric: str | None = None
     main_metric_mode: str = "max"  # min for perplexity: the best job is the lowest
     metrics: dict = field(default_factory=dict)
@@ -120,6 +148,7 @@ def _read_job(root: Path, path: Path) -> tuple[Job, dict]:
     if metrics is not None and failure is None:
         job.ok = True
         job.task = metrics.get("task")
+        job.mode = metrics.get("mode")
         job.main_metric = metrics.get("main_metric")
         job.main_metric_mode = metrics.get("main_metric_mode") or flat_config.get("task.main_metric_mode") or "max"
         job.metrics = {k: float(v) for k, v in (metrics.get("eval") or {}).items()
@@ -132,16 +161,33 @@ def _read_job(root: Path, path: Path) -> tuple[Job, dict]:
     job.seed = overrides.get("seed", str(flat_config["seed"]) if "seed" in flat_config else None)
     folds = [overrides.get(key, flat_config.get(key)) for key in FOLD_KEYS]
     job.fold = next((str(fold) for fold in folds if fold is not None), None)
+    job.mode = job.mode or overrides.get("mode") or flat_config.get("mode.name")
     job.main_metric = job.main_metric or flat_config.get("task.main_metric")
     return job, flat_config
 
 
-def collect(sweep_dir) -> list[Job]:
-    """Every job under `sweep_dir`, with its task, seed, setting, metrics or error."""
-    root = Path(sweep_dir)
-    if not root.is_dir():
-        raise FileNotFoundError(f"'{root}' is not a directory")
-    read = [_read_job(root, path) for path in _job_dirs(root)]
+def _is_job(path: Path) -> bool:
+    return any((path / marker).exists() for marker in MARKERS)
+
+
+def collect(sweep_dirs) -> list[Job]:
+    """Every job under `sweep_dirs` (one directory or several: sweeps or run directories), with its
+    task, mode, seed, setting, metrics or error. Jobs of one sweep are named relative to it."""
+    roots = [Path(sweep_dirs)] if isinstance(sweep_dirs, (str, Path)) else [Path(d) for d in sweep_dirs]
+    read = []
+    for root in roots:
+        if not root.is_dir():
+            raise FileNotFoundError(f"'{root}' is not a directory")
+        if _is_job(root):  # a single run directory
+            job, flat = _read_job(root.parent, root)
+            job.name = str(root)
+            read.append((job, flat))
+            continue
+        for path in _job_dirs(root):
+            job, flat = _read_job(root, path)
+            if len(roots) > 1:
+                job.name = str(root / job.name)
+            read.append((job, flat))
     jobs = [job for job, _ in read]
     # Jobs without overrides.yaml: their overrides are the config keys that vary across jobs.
     configs = [flat for _, flat in read if flat]
@@ -151,8 +197,9 @@ def collect(sweep_dir) -> list[Job]:
                    and not k.startswith(("paths.", "hydra."))]
         for job, flat in read:
             if not job.overrides and flat:
-                job.overrides = [f"{'task' if k == 'task.name' else k}={flat.get(k)}" for k in varying
-                                 if not k.startswith("task.") or k == "task.name"]
+                renamed = {"task.name": "task", "mode.name": "mode"}
+                job.overrides = [f"{renamed.get(k, k)}={flat.get(k)}" for k in varying
+                                 if not k.startswith(("task.", "mode.")) or k in renamed]
     # Setting = overrides other than task/seed that differ between jobs (constant ones are "common").
     per_job = [dict(_split_override(o) for o in job.overrides) for job in jobs]
     all_keys = []
@@ -178,22 +225,26 @@ def _setting_text(setting: tuple) -> str:
     return " ".join(f"{k}={v}" for k, v in setting) or "(defaults)"
 
 
+def _mode_key(mode: str | None) -> tuple:
+    return (MODE_ORDER.index(mode), "") if mode in MODE_ORDER else (len(MODE_ORDER), mode or "")
+
+
 def summarise(jobs: list[Job]) -> list[dict]:
-    """One row per (task, setting): per metric mean, sample std, max; n; best main metric and its seed
-    (and fold); `replicate` names that job: its seed, "fold i", or both when both vary."""
+    """One row per (task, mode, setting): per metric mean, sample std, max; n; best main metric and its
+    seed (and fold); `replicate` names that job: its seed, "fold i", or both when both vary."""
     groups: dict[tuple, list[Job]] = {}
     for job in jobs:
         if job.ok:
-            groups.setdefault((job.task or "?", job.setting), []).append(job)
+            groups.setdefault((job.task or "?", job.mode, job.setting), []).append(job)
     rows = []
-    for (task, setting), members in sorted(
-        groups.items(), key=lambda item: (item[0][0], [(k, _sort_key(v)) for k, v in item[0][1]])
+    for (task, mode, setting), members in sorted(
+        groups.items(), key=lambda item: (item[0][0], _mode_key(item[0][1]), [(k, _sort_key(v)) for k, v in item[0][2]])
     ):
         metric_names = []
         for job in members:
             metric_names += [m for m in job.metrics if m not in metric_names]
         main = members[0].main_metric or (metric_names[0] if metric_names else None)
-        row = {"task": task, "setting": _setting_text(setting), "n": len(members), "main_metric": main,
+        row = {"task": task, "mode": mode, "setting": _setting_text(setting), "n": len(members), "main_metric": main,
                "seeds": [job.seed for job in sorted(members, key=lambda j: _sort_key(j.seed))],
                "folds": sorted({job.fold for job in members if job.fold is not None}, key=_sort_key), "metrics": {}}
         for name in metric_names:
@@ -237,10 +288,56 @@ def _metric_columns(rows: list[dict]) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def to_markdown(sweep_dir: Path, jobs: list[Job], rows: list[dict]) -> str:
+def _paper_cell(paper: str | None, task: str) -> str:
+    if paper is None:
+        return ""
+    entries = PAPERS[paper]["results"].get(task)
+    if not entries:
+        return ""
+    values = " / ".join(f"{value:.3f}" + (f" ({split})" if split else "") for _, value, split in entries)
+    return f"{entries[0][0]} {values}"
+
+
+def _has_modes(rows: list[dict]) -> bool:
+    return any(row["mode"] for row in rows)
+
+
+def _cell(stats: dict | None) -> str:
+    if stats is None:
+        return ""
+    return _fmt(stats["mean"]) if math.isnan(stats["std"]) else f"{_fmt(stats['mean'])} ± {_fmt(stats['std'])}"
+
+
+def by_task(rows: list[dict], paper: str | None = None) -> tuple[list[str], list[dict]]:
+    """(modes, one entry per task): per mode the best setting's mean ± std of the compared metric.
+
+    The compared metric is the paper's metric for the task when --paper gives one and the runs report
+    it, else the task's main metric. A mode with several settings shows its best one, named.
+    """
+    modes = sorted({row["mode"] for row in rows}, key=_mode_key)
+    table = []
+    for task in dict.fromkeys(row["task"] for row in rows):
+        task_rows = [row for row in rows if row["task"] == task]
+        entries = PAPERS[paper]["results"].get(task, []) if paper else []
+        metric = task_rows[0]["main_metric"]
+        if entries and any(entries[0][0] in row["metrics"] for row in task_rows):
+            metric = entries[0][0]
+        cells = {}
+        for mode in modes:
+            candidates = [row for row in task_rows if row["mode"] == mode and metric in row["metrics"]]
+            if candidates:
+                best = max(candidates, key=lambda row: row["metrics"][metric]["mean"])
+                named = best["setting"].strip("()")  # "(defaults)" -> "defaults"
+                cells[mode] = _cell(best["metrics"][metric]) + (f" ({named})" if len(candidates) > 1 else "")
+        table.append({"task": task, "metric": metric, "cells": cells, "paper": _paper_cell(paper, task)})
+    return modes, table
+
+
+def to_markdown(sweep_dir, jobs: list[Job], rows: list[dict], paper: str | None = None) -> str:
     names = _metric_columns(rows)
     failed = [job for job in jobs if not job.ok]
-    lines = [f"# Sweep report: {sweep_dir}", ""]
+    where = ", ".join(str(d) for d in sweep_dir) if isinstance(sweep_dir, (list, tuple)) else str(sweep_dir)
+    lines = [f"# Sweep report: {where}", ""]
     folds = any(row["folds"] for row in rows)
     over = "seeds and folds" if folds else "seeds"
     lines.append(f"{len(jobs)} jobs, {len(jobs) - len(failed)} succeeded, {len(failed)} failed. "
@@ -248,20 +345,34 @@ def to_markdown(sweep_dir: Path, jobs: list[Job], rows: list[dict]) -> str:
     common = common_overrides(jobs)
     if common:
         lines += ["", "Common overrides: `" + " ".join(common) + "`"]
-    lines += ["", "| task | setting | " + " | ".join(names) + f" | n | best ({'seed/fold' if folds else 'seed'}) |",
-              "|---|---|" + "---|" * len(names) + "---|---|"]
+    known = {row["mode"] for row in rows}
+    modes = len(known) > 1  # a mode column only when runs of several modes are reported together
+    if len(known) == 1 and None not in known:
+        lines += ["", f"Mode: {next(iter(known))}"]
+    side_by_side = modes or (paper is not None and _has_modes(rows))
+    if side_by_side:
+        mode_names, table = by_task(rows, paper)
+        header = ["task", "metric", *[m or "(no mode)" for m in mode_names]] + ([PAPERS[paper]["column"]] if paper else [])
+        lines += ["", "## By task", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for entry in table:
+            cells = [entry["task"], entry["metric"], *[entry["cells"].get(m, "") for m in mode_names]]
+            lines.append("| " + " | ".join(cells + ([entry["paper"]] if paper else [])) + " |")
+        if paper:
+            lines += ["", PAPERS[paper]["note"]]
+        lines += ["", "## All settings"]
+    extra = (["mode"] if modes else [])
+    paper_column = paper is not None and not side_by_side  # else it is in the by-task table
+    lines += ["", "| task | " + "".join(f"{e} | " for e in extra) + "setting | " + " | ".join(names) + f" | n | best ({'seed/fold' if folds else 'seed'}) |"
+              + (f" {PAPERS[paper]['column']} |" if paper_column else ""),
+              "|---|" + "---|" * len(extra) + "---|" + "---|" * len(names) + "---|---|" + ("---|" if paper_column else "")]
     for row in rows:
-        cells = []
-        for name in names:
-            stats = row["metrics"].get(name)
-            if stats is None:
-                cells.append("")
-            elif math.isnan(stats["std"]):
-                cells.append(_fmt(stats["mean"]))
-            else:
-                cells.append(f"{_fmt(stats['mean'])} ± {_fmt(stats['std'])}")
+        cells = [_cell(row["metrics"].get(name)) for name in names]
         best = f"{row['main_metric']}={_fmt(row['best'])} ({row['replicate']})" if row["replicate"] is not None else ""
-        lines.append(f"| {row['task']} | {row['setting']} | " + " | ".join(cells) + f" | {row['n']} | {best} |")
+        mode = f"{row['mode'] or ''} | " if modes else ""
+        lines.append(f"| {row['task']} | {mode}{row['setting']} | " + " | ".join(cells) + f" | {row['n']} | {best} |"
+                     + (f" {_paper_cell(paper, row['task'])} |" if paper_column else ""))
+    if paper_column:
+        lines += ["", PAPERS[paper]["note"]]
     if failed:
         lines += ["", "## Failed jobs", "", "| job | overrides | error |", "|---|---|---|"]
         for job in failed:
@@ -270,25 +381,29 @@ def to_markdown(sweep_dir: Path, jobs: list[Job], rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_csv(path: Path, rows: list[dict], jobs: list[Job]) -> None:
+def write_csv(path: Path, rows: list[dict], jobs: list[Job], paper: str | None = None) -> None:
     names = _metric_columns(rows)
-    header = ["task", "setting", "n", "seeds", "folds", "main_metric", "best", "best_seed", "best_fold"]
+    header = ["task", "mode", "setting", "n", "seeds", "folds", "main_metric", "best", "best_seed", "best_fold"]
     for name in names:
         header += [f"{name}_mean", f"{name}_std", f"{name}_max"]
+    if paper:
+        header.append(f"paper_{paper}")
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(header)
         for row in rows:
-            out = [row["task"], row["setting"], row["n"], " ".join(str(s) for s in row["seeds"]), " ".join(row["folds"]),
-                   row["main_metric"], _fmt(row["best"], 6), row["best_seed"], row["best_fold"]]
+            out = [row["task"], row["mode"] or "", row["setting"], row["n"], " ".join(str(s) for s in row["seeds"]),
+                   " ".join(row["folds"]), row["main_metric"], _fmt(row["best"], 6), row["best_seed"], row["best_fold"]]
             for name in names:
                 stats = row["metrics"].get(name)
                 out += [_fmt(stats["mean"], 6), _fmt(stats["std"], 6), _fmt(stats["max"], 6)] if stats else ["", "", ""]
+            if paper:
+                out.append(_paper_cell(paper, row["task"]))
             writer.writerow(out)
 
 
 def plot(path: Path, rows: list[dict]) -> None:
-    """One panel per task: the main metric per setting, mean ± sample std, each seed as a grey dot."""
+    """One panel per task: the main metric per (mode and) setting, mean ± sample std, each seed as a grey dot."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -309,7 +424,8 @@ def plot(path: Path, rows: list[dict]) -> None:
         ax.set_xlim(-0.5, len(task_rows) - 0.5)
         ax.grid(axis="y", alpha=0.3)
         ax.set_xticks(range(len(task_rows)))
-        ax.set_xticklabels([row["setting"].replace(" ", "\n") for row in task_rows], fontsize=7)
+        labels = [(f"{row['mode']} " if row["mode"] else "") + row["setting"] for row in task_rows]
+        ax.set_xticklabels([label.replace(" ", "\n") for label in labels], fontsize=7)
         ax.set_title(task)
         ax.set_ylabel(task_rows[0]["main_metric"] if task_rows else "")
     fig.tight_layout()
@@ -317,33 +433,38 @@ def plot(path: Path, rows: list[dict]) -> None:
     plt.close(fig)
 
 
-def write_report(sweep_dir, jobs: list[Job] | None = None, out=None) -> list[Path]:
-    sweep_dir = Path(sweep_dir)
-    jobs = collect(sweep_dir) if jobs is None else jobs
-    out = Path(out) if out is not None else sweep_dir
+def write_report(sweep_dir, jobs: list[Job] | None = None, out=None, paper: str | None = None) -> list[Path]:
+    """report.md/.csv/.png for one sweep (written into it) or several directories (written into `out`)."""
+    dirs = [Path(d) for d in sweep_dir] if isinstance(sweep_dir, (list, tuple)) else [Path(sweep_dir)]
+    jobs = collect(dirs if len(dirs) > 1 else dirs[0]) if jobs is None else jobs
+    out = Path(out) if out is not None else (dirs[0] if len(dirs) == 1 else Path("."))
     out.mkdir(parents=True, exist_ok=True)
     rows = summarise(jobs)
     paths = [out / name for name in REPORT_NAMES]
-    paths[0].write_text(to_markdown(sweep_dir, jobs, rows))
-    write_csv(paths[1], rows, jobs)
+    paths[0].write_text(to_markdown(dirs if len(dirs) > 1 else dirs[0], jobs, rows, paper))
+    write_csv(paths[1], rows, jobs, paper)
     plot(paths[2], rows)
     return paths
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m finetune.report", description=__doc__.splitlines()[0])
-    parser.add_argument("sweep_dir", help="a Hydra multirun directory, e.g. multirun/2026-01-01_12-00-00")
-    parser.add_argument("--out", default=None, help="where to write report.md/.csv/.png (default: the sweep dir)")
+    parser.add_argument("sweep_dir", nargs="+",
+                        help="Hydra multirun directories (e.g. multirun/2026-01-01_12-00-00) and/or single run directories")
+    parser.add_argument("--paper", choices=sorted(PAPERS), default=None,
+                        help="add a column of a paper's published results (gpt1: GLUE test / Story Cloze test figures)")
+    parser.add_argument("--out", default=None,
+                        help="where to write report.md/.csv/.png (default: the sweep dir; with several directories: .)")
     args = parser.parse_args(argv)
     try:
-        jobs = collect(args.sweep_dir)
+        jobs = collect(args.sweep_dir if len(args.sweep_dir) > 1 else args.sweep_dir[0])
     except FileNotFoundError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if not jobs:
-        print(f"error: no job directories under '{args.sweep_dir}'", file=sys.stderr)
+        print(f"error: no job directories under '{' '.join(args.sweep_dir)}'", file=sys.stderr)
         return 2
-    paths = write_report(args.sweep_dir, jobs, args.out)
+    paths = write_report(args.sweep_dir, jobs, args.out, args.paper)
     print(paths[0].read_text(), end="")
     print("wrote " + ", ".join(str(p) for p in paths))
     return 0

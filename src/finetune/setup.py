@@ -17,10 +17,10 @@ from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, set_seed
 from omegaconf import OmegaConf, open_dict
 
-from finetune.data.pipeline import TaskData, prepare
+from finetune.data.pipeline import TaskData, load_rows, prepare
 from finetune.errors import ModelError
 from finetune.hub import set_offline_mode
-from finetune.models.backbone import check_backbone_for_task, load_backbone, load_tokenizer
+from finetune.models.backbone import check_backbone_for_task, load_backbone, load_causal_lm, load_tokenizer
 from finetune.models.heads import HEADS
 from finetune.models.task_model import MANIFEST, TaskModel, build_head, open_trained, trained_manifest
 
@@ -33,7 +33,7 @@ class RunContext:
     accelerator: Accelerator
     run_dir: Path
     tokenizer: object
-    model: TaskModel
+    model: TaskModel  # language_model_setup: a causal LM (GPT2LMHeadModel)
     data: TaskData
     labels: list[str] | None
     model_source: dict  # where the weights came from: kind (pretrained, exported, checkpoint, fresh_head) and path
@@ -168,3 +168,27 @@ def setup(cfg, *, train_split: str | None, eval_splits: list[str], trained: bool
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     return RunContext(cfg, accelerator, run_dir, tokenizer, model, data, labels, source)
+
+
+def language_model_setup(cfg, *, eval_splits: list[str], train_split: str | None) -> RunContext:
+    """What zero-shot scoring runs on: Accelerator, tokenizer, a causal LM from model.name_or_path, and
+    the standardised rows (not features: prompts are built from rows) of the eval splits, plus the
+    train split when demonstrations are drawn from it. `data.examples` holds the rows of every split
+    loaded, `data.evals` is empty. Writes config.yaml once all of it loaded."""
+    quiet_library_progress_bars()
+    run_dir = Path(cfg.paths.output_dir)
+    offline = set_offline_mode(cfg.offline)
+    accelerator = make_accelerator(cfg, run_dir)
+    set_seed(cfg.seed)
+    tokenizer, base_vocab = load_tokenizer(cfg.model, offline)
+    splits = list(dict.fromkeys(eval_splits + ([train_split] if train_split else [])))
+    with accelerator.main_process_first():
+        rows, stats = load_rows(cfg, HEADS[cfg.task.head], offline, splits, train_split)
+    set_seed(cfg.seed)  # a from_scratch model's random weights do not depend on what the data loading drew
+    model = load_causal_lm(cfg.model, tokenizer, base_vocab, offline)
+    data = TaskData("prompt", None, {}, rows, stats)
+    if accelerator.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    source = {"kind": "language_model", "path": cfg.model.name_or_path}
+    return RunContext(cfg, accelerator, run_dir, tokenizer, model, data, task_labels(cfg.task), source)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from transformers import AutoConfig, AutoModel, AutoTokenizer, GPT2Config, GPT2Model
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel, GPT2Model
 
 from finetune.data.formats import configure_tokenizer
 from finetune.errors import HubUnavailableError, ModelError
@@ -168,3 +168,78 @@ def check_backbone_for_task(model_cfg, task_cfg, num_labels: int, backbone) -> N
             f"{num_labels} output(s) ({'regression' if task_cfg.labels is None else 'labels ' + ', '.join(task_cfg.labels)}): "
             f"start from a pretrained (not fine-tuned) model, or from one fine-tuned on a task with the same labels"
         )
+
+
+# transformers classes of fine-tuned task models: their weights have no language-modelling head.
+TASK_ARCHITECTURE_SUFFIXES = ("ForSequenceClassification", "ForQuestionAnswering", "ForTokenClassification", "ForMultipleChoice")
+
+
+def _not_a_language_model(name: str, path: Path) -> str | None:
+    """Why the directory at `path` has no language-modelling head (a fine-tuned classifier), or None."""
+    if (path / "finetune_checkpoint.json").is_file():
+        return "is a training checkpoint (checkpoints/step-N) of a task model, not a language model"
+    manifest_file = path / "finetune.json"
+    if manifest_file.is_file():
+        try:
+            head = json.loads(manifest_file.read_text()).get("head")
+        except (OSError, ValueError, AttributeError):
+            head = None
+        if head is not None and head != "lm":
+            return f"is a model fine-tuned with a '{head}' head (finetune.json), which has no language-modelling head"
+    config_file = path / "config.json"
+    if config_file.is_file():
+        try:
+            architectures = json.loads(config_file.read_text()).get("architectures") or []
+        except (OSError, ValueError, AttributeError):
+            architectures = []
+        tasks = [str(a) for a in architectures if str(a).endswith(TASK_ARCHITECTURE_SUFFIXES)]
+        if tasks:
+            return f"is a fine-tuned {', '.join(tasks)} model, which has no language-modelling head"
+    return None
+
+
+def load_causal_lm(model_cfg, tokenizer, base_vocab: int, offline: bool) -> torch.nn.Module:
+    """A pretrained language model (GPT2LMHeadModel or any causal LM) in fp32, for zero-shot scoring.
+
+    model.name_or_path: a Hub id, a pretrained save_pretrained directory, or the `model/` export of a
+    language-modelling run. A fine-tuned classifier (sequence classification, QA, a training
+    checkpoint) has no LM head: that is one line, not a silently re-tied head.
+    """
+    if model_cfg.from_scratch:
+        overrides = {k: model_cfg[k] for k in ("n_layer", "n_embd", "n_head", "n_positions") if model_cfg[k] is not None}
+        config = GPT2Config(vocab_size=base_vocab, bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id, **overrides)
+        config._attn_implementation = model_cfg.attn_implementation
+        model = GPT2LMHeadModel(config)
+    else:
+        name = _check_source(model_cfg.name_or_path, "model.name_or_path", offline, "model")
+        path = Path(name)
+        if path.is_dir():
+            if not (path / "config.json").is_file():
+                raise ModelError(f"model.name_or_path '{name}' is not a model directory (no config.json)")
+            why = _not_a_language_model(name, path)
+            if why:
+                raise ModelError(f"model.name_or_path '{name}' {why}: mode=zeroshot scores a pretrained language model "
+                                 f"(a Hub id such as gpt2, a pretrained directory, or the model/ of a language-modelling run)")
+        try:
+            model, info = AutoModelForCausalLM.from_pretrained(
+                name, dtype=torch.float32, attn_implementation=model_cfg.attn_implementation,
+                trust_remote_code=model_cfg.trust_remote_code, output_loading_info=True)
+        except OSError as err:
+            if offline and not path.exists():
+                raise _hub_error(name, "model.name_or_path", "model") from err
+            raise ModelError(f"model.name_or_path '{name}': could not load weights ({_first_line(err)})") from err
+        except (SafetensorError, ValueError, RuntimeError, EOFError) as err:
+            raise ModelError(f"model.name_or_path '{name}': could not load it as a causal language model "
+                             f"({type(err).__name__}: {_first_line(err)})") from err
+        missing = list(info.get("missing_keys") or [])
+        if missing:  # e.g. an untied lm_head: it would be scored with random weights
+            raise ModelError(f"model.name_or_path '{name}' lacks weights of a causal language model ({', '.join(sorted(missing)[:3])}"
+                             f"{', ...' if len(missing) > 3 else ''}): it has no language-modelling head")
+        if base_vocab > model.config.vocab_size:
+            raise ModelError(f"tokenizer '{model_cfg.tokenizer or model_cfg.name_or_path}' has {base_vocab} tokens but model "
+                             f"'{name}' embeds only {model.config.vocab_size}: the tokenizer does not belong to this model")
+    if model.get_output_embeddings() is None:
+        raise ModelError(f"model.name_or_path '{model_cfg.name_or_path}' has no language-modelling head (output embeddings)")
+    model.config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model.float().eval()

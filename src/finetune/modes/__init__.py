@@ -5,10 +5,11 @@ config, calls it, and writes what every run writes (metrics.json with the enviro
 summary). configs/mode/<name>.yaml holds a mode's options; a test checks the two lists agree.
 """
 
-from finetune.modes import evaluate, predict, train
+from finetune.modes import evaluate, predict, train, zeroshot
 
 MODES = {
     "train": train.run,
     "evaluate": evaluate.run,
     "predict": predict.run,
+    "zeroshot": zeroshot.run,
 }
