@@ -21,14 +21,16 @@ from omegaconf import OmegaConf, open_dict
 from finetune.data.pipeline import TaskData, prepare
 from finetune.errors import ModelError
 from finetune.hub import set_offline_mode
-from finetune.models.backbone import check_backbone_for_task, load_backbone, load_tokenizer
+from finetune.models.backbone import check_backbone_for_task, enable_activation_checkpointing, load_backbone, load_tokenizer
 from finetune.models.heads import HEADS
+from finetune.models.lora import ADAPTER_WEIGHTS, apply_lora, base_reference
 from finetune.models.task_model import (
     CHECKPOINT_WEIGHTS, MANIFEST, TaskModel, build_head, load_trained, trained_kind,
 )
 
 log = logging.getLogger("finetune")
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+KIND_NAMES = {"checkpoint": "checkpoint", "adapter": "adapter", "exported": "exported model"}
 
 
 @dataclass(frozen=True)
@@ -73,7 +75,12 @@ def _pretrained_model(cfg, tokenizer, base_vocab: int, offline: bool, labels) ->
     check_backbone_for_task(cfg.model, cfg.task, num_labels, backbone)
     head = build_head(cfg.task.head, backbone.config.hidden_size, num_labels, cfg.model.head_dropout, dict(cfg.task.head_args),
                       init_std=backbone.config.initializer_range)
-    return TaskModel(backbone, head)
+    model = TaskModel(backbone, head)
+    if cfg.peft is not None:  # after the head, so a seed draws the same head with and without LoRA
+        apply_lora(model, cfg.peft, base_model=base_reference(cfg.model))
+    if cfg.model.activation_checkpointing:
+        enable_activation_checkpointing(model.backbone)
+    return model
 
 
 def check_trained_for_task(manifest: dict, task, path: str) -> None:
@@ -91,24 +98,29 @@ def check_trained_for_task(manifest: dict, task, path: str) -> None:
     )
 
 
-def _trained_model(cfg):
-    """(model, tokenizer, source) for evaluate/predict: the fine-tuned model at model.name_or_path."""
+def _trained_model(cfg, offline: bool):
+    """(model, tokenizer, source) for evaluate/predict: the fine-tuned model at model.name_or_path
+    (a run's model/, adapter/ or checkpoints/step-N directory)."""
     name = cfg.model.name_or_path
     path = Path(name).expanduser()
     kind = trained_kind(path) if path.is_dir() else None
     if kind is None:
         return None
-    weights = [CHECKPOINT_WEIGHTS] if kind == "checkpoint" else WEIGHT_FILES
+    weights = {"checkpoint": [CHECKPOINT_WEIGHTS], "adapter": [ADAPTER_WEIGHTS]}.get(kind, WEIGHT_FILES)
     if not any((path / w).is_file() for w in weights):
         raise ModelError(f"model.name_or_path '{name}' has no weights ({' or '.join(weights)}): it is not a complete "
-                         f"{'checkpoint' if kind == 'checkpoint' else 'exported model'} directory")
+                         f"{KIND_NAMES[kind]} directory")
     manifest_file = path / MANIFEST
     if not manifest_file.is_file():
         raise ModelError(f"checkpoint '{name}' has no {MANIFEST} (written by an older version): evaluate the run's model/ directory")
     manifest = json.loads(manifest_file.read_text())
     check_trained_for_task(manifest, cfg.task, name)
+    if cfg.peft is not None:
+        log.warning("peft=%s is ignored: a fine-tuned model is loaded as it was saved (%s)", cfg.peft.method, name)
+    if cfg.model.adapter_base and kind != "adapter":
+        log.warning("model.adapter_base is ignored: '%s' is not an adapter directory", name)
     try:
-        model, tokenizer, manifest = load_trained(path)
+        model, tokenizer, manifest = load_trained(path, adapter_base=cfg.model.adapter_base, offline=offline)
     except (OSError, ValueError, RuntimeError, KeyError) as err:
         first = next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
         raise ModelError(f"model.name_or_path '{name}': could not load the fine-tuned model ({type(err).__name__}: {first}); "
@@ -124,7 +136,10 @@ def _trained_model(cfg):
         log.warning("head_args of the model (%s) are used instead of task.head_args (%s)", saved_args, dict(cfg.task.head_args))
     with open_dict(cfg):
         cfg.task.head_args = saved_args  # the input format the model was trained with
-    return model, tokenizer, {"kind": kind, "path": str(path)}
+    source = {"kind": kind, "path": str(path)}
+    if kind == "adapter":
+        source["base_model"] = cfg.model.adapter_base or (manifest.get("peft") or {}).get("base_model")
+    return model, tokenizer, source
 
 
 def quiet_library_progress_bars() -> None:
@@ -145,7 +160,7 @@ def setup(cfg, *, train_split: str | None, eval_splits: list[str], trained: bool
     accelerator = make_accelerator(cfg, run_dir)
     set_seed(cfg.seed)
     labels = task_labels(cfg.task)
-    loaded = _trained_model(cfg) if trained else None
+    loaded = _trained_model(cfg, offline) if trained else None
     if trained and loaded is None and not cfg.mode.fresh_head:
         if not Path(cfg.model.name_or_path).expanduser().exists():
             raise ModelError(f"model.name_or_path '{cfg.model.name_or_path}' does not exist (mode={cfg.mode.name} needs a "

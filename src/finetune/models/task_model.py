@@ -13,6 +13,7 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer
 
 from finetune.data.formats import GPT1_TOKENS, configure_tokenizer
 from finetune.models.heads import HEADS, Head, skip_padding_check
+from finetune.models.lora import ADAPTER_CONFIG, apply_lora, load_adapter, settings_of
 from finetune.training.checkpoint import RUN_INFO as CHECKPOINT_INFO
 
 MANIFEST = "finetune.json"
@@ -63,7 +64,8 @@ def uses_gpt1_tokens(tokenizer) -> bool:
 
 
 def manifest_for(model: TaskModel, tokenizer, task_cfg, labels: list[str] | None) -> dict:
-    """What a directory needs besides weights to rebuild the task model and its input format."""
+    """What a directory needs besides weights to rebuild the task model and its input format
+    (`peft`: the LoRA settings a checkpoint's model is rebuilt with before its state dict loads)."""
     return {
         "task": task_cfg.name,
         "head": task_cfg.head,
@@ -72,6 +74,7 @@ def manifest_for(model: TaskModel, tokenizer, task_cfg, labels: list[str] | None
         "labels": labels,
         "max_length": task_cfg.max_length,
         "gpt1_tokens": uses_gpt1_tokens(tokenizer),
+        "peft": settings_of(model),
     }
 
 
@@ -83,11 +86,13 @@ def write_model_files(model: TaskModel, tokenizer, manifest: dict, out_dir: Path
     (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
 
 
-def export(model: TaskModel, tokenizer, task_cfg, labels: list[str] | None, out_dir: Path) -> dict:
+def export(model: TaskModel, tokenizer, task_cfg, labels: list[str] | None, out_dir: Path,
+           merged_adapters: list[dict] | None = None) -> dict:
     """Save weights, tokenizer (with its input template) and a manifest to reload the task model.
 
     Heads with `exports_to` are written as that transformers class, so `pipeline(...)` loads them.
-    Returns the manifest.
+    `merged_adapters`: the LoRA adapters merged into these weights (finetune.models.lora), recorded
+    so that none is applied twice. Returns the manifest.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -107,6 +112,8 @@ def export(model: TaskModel, tokenizer, task_cfg, labels: list[str] | None, out_
         save_file({k: v.contiguous() for k, v in head.state_dict().items()}, str(out_dir / HEAD_WEIGHTS))
     tokenizer.save_pretrained(out_dir)
     manifest = manifest_for(model, tokenizer, task_cfg, labels)
+    if merged_adapters:
+        manifest["merged_adapters"] = merged_adapters
     (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
 
@@ -145,22 +152,29 @@ def load_checkpoint_model(checkpoint_dir: str | Path) -> tuple[TaskModel, object
     backbone = AutoModel.from_config(config, dtype=torch.float32)
     head = build_head(manifest["head"], config.n_embd, manifest["num_labels"], 0.0, manifest["head_args"])
     model = TaskModel(backbone, head)
+    if manifest.get("peft"):
+        apply_lora(model, manifest["peft"], base_model=manifest["peft"].get("base_model"))
     model.load_state_dict(load_file(str(checkpoint_dir / CHECKPOINT_WEIGHTS)))
     return model.eval(), tokenizer, manifest
 
 
 def trained_kind(path: Path) -> str | None:
-    """'checkpoint', 'exported' or None (not a fine-tuned model directory)."""
+    """'checkpoint', 'adapter' (a run's adapter/), 'exported' or None (not a fine-tuned model directory)."""
     if (path / CHECKPOINT_INFO).is_file():
         return "checkpoint"
+    if (path / ADAPTER_CONFIG).is_file() and (path / MANIFEST).is_file():
+        return "adapter"
     if (path / MANIFEST).is_file():
         return "exported"
     return None
 
 
-def load_trained(path: str | Path) -> tuple[TaskModel, object, dict]:
+def load_trained(path: str | Path, adapter_base: str | None = None, offline: bool = False) -> tuple[TaskModel, object, dict]:
+    """A checkpoint, an exported model/ or an adapter/ (on its base, or on `adapter_base`)."""
     path = Path(path)
     kind = trained_kind(path)
     if kind == "checkpoint":
         return load_checkpoint_model(path)
+    if kind == "adapter":
+        return load_adapter(path, adapter_base, offline)
     return load_exported(path)

@@ -9,7 +9,47 @@ import yaml
 PIPELINE_TASKS = {"classification": "text-classification", "entailment": "text-classification", "similarity": "text-classification"}
 
 
+ADAPTER_CLASSES = {"classification": "AutoModelForSequenceClassification", "entailment": "AutoModelForSequenceClassification",
+                   "similarity": "AutoModelForSequenceClassification", "span": "AutoModelForQuestionAnswering"}
+
+
+def _how_to_load_adapter(manifest: dict) -> str:
+    """adapter/ (finetune.models.lora): peft loads it on its base model; multiple choice needs the framework."""
+    peft = manifest["peft"]
+    base = peft.get("base_model") or "<the base model>"
+    framework = [
+        "Or with the framework (any head, multiple choice included): "
+        "`python train.py mode=evaluate task=" + manifest["task"] + " model.name_or_path=<this directory>`.",
+    ]
+    cls = ADAPTER_CLASSES.get(manifest["head"])
+    if cls is None:
+        return "\n".join([
+            f"A LoRA adapter (r={peft['r']}, alpha={peft['alpha']:g}, on {', '.join(peft['target_modules'])}) for `{base}`; "
+            "the multiple-choice head (one score per candidate) is in head.safetensors, which only the framework reads:",
+            "```python",
+            "from finetune.models.task_model import load_trained",
+            'model, tokenizer, manifest = load_trained("<this directory>")',
+            "```",
+            "The adapter alone loads on the base with `PeftModel.from_pretrained(AutoModel.from_pretrained(base), <this directory>)`.",
+        ])
+    labels = "" if manifest["head"] == "span" else f", num_labels={manifest['num_labels']}"
+    return "\n".join([
+        f"A LoRA adapter (r={peft['r']}, alpha={peft['alpha']:g}, on {', '.join(peft['target_modules'])}) with the trained head, for `{base}`:",
+        "```python",
+        f"from transformers import AutoTokenizer, {cls}",
+        "from peft import PeftModel",
+        f'base = {cls}.from_pretrained("{base}"{labels})',
+        'model = PeftModel.from_pretrained(base, "<this directory>")  # the head comes with it (modules_to_save)',
+        'tokenizer = AutoTokenizer.from_pretrained("<this directory>")  # holds the training input template',
+        "model.config.pad_token_id = tokenizer.pad_token_id",
+        "```",
+        *framework,
+    ])
+
+
 def _how_to_load(manifest: dict) -> str:
+    if (manifest.get("peft") or {}).get("sha256"):
+        return _how_to_load_adapter(manifest)
     head = manifest["head"]
     if head in PIPELINE_TASKS:
         pair = head != "classification"
@@ -38,7 +78,7 @@ def _how_to_load(manifest: dict) -> str:
 def write_model_card(model_dir: Path, manifest: dict, cfg, metrics: dict) -> Path:
     evaluation = metrics.get("eval_splits") or {}
     front = {
-        "library_name": "transformers",
+        "library_name": "peft" if (manifest.get("peft") or {}).get("sha256") else "transformers",
         "base_model": str(cfg.model.name_or_path),
         "tags": ["finetune", "gpt2", manifest["head"], manifest["task"]],
         "model-index": [{
@@ -58,6 +98,9 @@ def write_model_card(model_dir: Path, manifest: dict, cfg, metrics: dict) -> Pat
         "optimizer steps": train.get("steps"), "best step": metrics.get("best_step"),
         "mixed precision": cfg.trainer.mixed_precision,
     }
+    if cfg.get("peft") is not None:
+        hyper["LoRA"] = (f"r={cfg.peft.r}, alpha={cfg.peft.alpha:g}, dropout={cfg.peft.dropout:g}, on {', '.join(cfg.peft.target_modules)}"
+                         + ("; merged into these weights" if manifest.get("merged_adapters") else ""))
     labels = manifest.get("labels")
     body = [
         f"# {manifest['task']}: GPT-2 with a `{manifest['head']}` head",
