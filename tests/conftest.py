@@ -87,8 +87,8 @@ def tiny_base(tmp_path_factory) -> Path:
 
 def lora_args(base: Path) -> list[str]:
     """The quickstart on `tiny_base` with LoRA on c_attn and c_fc: 4 steps per epoch, 9 steps, a
-    checkpoint every 3 (all kept). Dropout is on everywhere, so a resumed run or one with activation
-    checkpointing matches this one only if the RNG state is restored (or replayed) exactly."""
+    checkpoint every 3 (all kept). Dropout is on everywhere, so a resumed run matches this one only
+    if the RNG state is restored exactly."""
     return [
         "experiment=quickstart", *TINY_FAST, "model.from_scratch=false", f"model.name_or_path={base}", "peft=lora",
         "peft.target_modules=[c_attn,c_fc]", "peft.dropout=0.1", "model.dropout=0.1", "model.head_dropout=0.1",

@@ -41,14 +41,14 @@ def tokenizer():
     return tok
 
 
-def task_model(base: Path, head: str, num_labels: int, tokenizer, settings=SETTINGS, seed: int = 0) -> TaskModel:
-    """A LoRA task model on `base` whose adapters and head are random and non-zero; dropout off."""
+def task_model(base: Path, head: str, num_labels: int, tokenizer, settings=SETTINGS, seed: int = 0, dropout: float = 0.0) -> TaskModel:
+    """A LoRA task model on `base` whose adapters and head are random and non-zero (dropout off by default)."""
     torch.manual_seed(seed)
-    backbone = AutoModel.from_pretrained(base, dtype=torch.float32, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    backbone = AutoModel.from_pretrained(base, dtype=torch.float32, resid_pdrop=dropout, embd_pdrop=dropout, attn_pdrop=dropout)
     backbone.config.pad_token_id = tokenizer.pad_token_id
-    model = TaskModel(backbone, build_head(head, 64, num_labels, 0.0, {}, init_std=0.02))
+    model = TaskModel(backbone, build_head(head, 64, num_labels, dropout, {}, init_std=0.02))
     if settings is not None:
-        apply_lora(model, settings, base_model=str(base))
+        apply_lora(model, {**settings, "dropout": dropout}, base_model=str(base))
         with torch.no_grad():
             for name, param in model.named_parameters():
                 if "lora_" in name:
@@ -163,26 +163,33 @@ def _train_steps(model, batches, steps: int = 3) -> dict:
 
 @pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
 def test_activation_checkpointing_recomputes_and_leaves_the_weights_unchanged(lora, tiny_base, tokenizer):
+    """Dropout on (backbone, head and adapters): non-reentrant checkpointing replays the RNG state in
+    the recompute, so the weights after 3 steps are bit for bit those without it."""
     from transformers.models.gpt2.modeling_gpt2 import GPT2Block
 
     from finetune.models.backbone import enable_activation_checkpointing
 
     batch = {**batch_for("classification", tokenizer), "labels": torch.tensor([0, 1, 1])}
     settings = SETTINGS if lora else None
-    plain = task_model(tiny_base, "classification", 2, tokenizer, settings=settings)
-    checkpointed = task_model(tiny_base, "classification", 2, tokenizer, settings=settings)
+    plain = task_model(tiny_base, "classification", 2, tokenizer, settings=settings, dropout=0.1)
+    checkpointed = task_model(tiny_base, "classification", 2, tokenizer, settings=settings, dropout=0.1)
     enable_activation_checkpointing(checkpointed.backbone)
     calls = []
     # transformers checkpoints a block's forward (its own hooks stay outside): count its attention's calls.
     handles = [m.attn.register_forward_pre_hook(lambda *_: calls.append(1)) for m in checkpointed.modules() if isinstance(m, GPT2Block)]
+    torch.manual_seed(7)
     after_checkpointed = _train_steps(checkpointed, [batch])
     for handle in handles:
         handle.remove()
     assert len(calls) == 3 * 2 * 2, "each of the 2 blocks runs twice per step (forward + recompute)"
+    torch.manual_seed(7)
     after_plain = _train_steps(plain, [batch])
     assert after_plain.keys() == after_checkpointed.keys()
     different = [k for k in after_plain if not torch.equal(after_plain[k], after_checkpointed[k])]
     assert not different, different
+    torch.manual_seed(8)  # and the dropout is really on: another draw gives other weights
+    again = _train_steps(task_model(tiny_base, "classification", 2, tokenizer, settings=settings, dropout=0.1), [batch])
+    assert any(not torch.equal(after_plain[k], again[k]) for k in after_plain)
 
 
 # ------------------------------------------------------------------------------- memory estimate
@@ -257,7 +264,7 @@ def test_lora_run_merged_model_gives_the_framework_predictions_through_pipeline(
         torch.testing.assert_close(torch.tensor([by_label[name] for name in manifest["labels"]]), want, rtol=1e-4, atol=1e-5)
 
 
-def test_evaluate_reads_the_merged_model_and_the_adapter_alike(lora_run, tmp_path):
+def test_evaluate_and_predict_read_the_merged_model_and_the_adapter_alike(lora_run, tmp_path):
     """(A LoRA checkpoint is rebuilt with its adapters: see the pipeline test above.)"""
     trained = json.loads((lora_run / "metrics.json").read_text())
     results = {}
@@ -268,15 +275,12 @@ def test_evaluate_reads_the_merged_model_and_the_adapter_alike(lora_run, tmp_pat
     assert results["adapter"]["model"]["kind"] == "adapter"
     for name, metrics in results.items():
         assert metrics["eval"] == pytest.approx(trained["eval"], abs=1e-9), name
-
-
-def test_activation_checkpointing_run_matches_the_lora_run(lora_run, tiny_base, tmp_path):
-    """model.activation_checkpointing=true from the command line, with LoRA and dropout on: the same
-    weights (the recompute replays the dropout masks: torch restores the RNG state for it)."""
-    result = train_in_process([*lora_args(tiny_base), "model.activation_checkpointing=true"], tmp_path / "ckpt")
-    assert result.code in (0, None), result.stderr[-3000:]
-    assert "activation checkpointing on" in (tmp_path / "ckpt" / "train.log").read_text()
-    assert_same_files(lora_run, tmp_path / "ckpt", "checkpoints/step-9/model.safetensors")
+    predict = train_in_process([*EVALUATE[:-1], "mode=predict", "task.predict_split=validation",
+                                f"model.name_or_path={lora_run / 'adapter'}"], tmp_path / "predict")
+    assert predict.code in (0, None), predict.stderr[-3000:]
+    predicted = json.loads((tmp_path / "predict" / "metrics.json").read_text())
+    assert predicted["predictions"]["validation"]["rows"] == 48
+    assert predicted["eval"] == pytest.approx(trained["eval"], abs=1e-9)
 
 
 def assert_same_files(a: Path, b: Path, *relative: str) -> None:
