@@ -66,3 +66,43 @@ def tiny_tokenizer():
     tokenizer = AutoTokenizer.from_pretrained(ROOT / "data" / "tiny-tokenizer")
     configure_tokenizer(tokenizer, gpt1_tokens=False)
     return tokenizer
+
+
+@pytest.fixture(scope="session")
+def tiny_base(tmp_path_factory) -> Path:
+    """A save_pretrained GPT-2 LM in the tiny model's shape, with the tiny tokenizer (random init,
+    seeded): a local base model for LoRA, which the adapters of a run record and load on."""
+    import torch
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    path = tmp_path_factory.mktemp("tiny-base")
+    tokenizer = AutoTokenizer.from_pretrained(ROOT / "data" / "tiny-tokenizer")
+    config = GPT2Config(vocab_size=len(tokenizer), n_layer=2, n_embd=64, n_head=2, n_positions=256,
+                        bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id)
+    torch.manual_seed(0)
+    GPT2LMHeadModel(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def lora_args(base: Path) -> list[str]:
+    """The quickstart on `tiny_base` with LoRA on c_attn and c_fc: 4 steps per epoch, 9 steps, a
+    checkpoint every 3 (all kept). Dropout is on everywhere, so a resumed run matches this one only
+    if the RNG state is restored exactly."""
+    return [
+        "experiment=quickstart", *TINY_FAST, "model.from_scratch=false", f"model.name_or_path={base}", "peft=lora",
+        "peft.target_modules=[c_attn,c_fc]", "peft.dropout=0.1", "model.dropout=0.1", "model.head_dropout=0.1",
+        "optim.lr=5e-3", "trainer.max_train_samples=64", "trainer.max_eval_samples=48", "trainer.batch_size=16",
+        "trainer.max_steps=9", "trainer.eval_every=3", "trainer.log_every=3", "trainer.save_total_limit=5", "seed=5",
+    ]
+
+
+@pytest.fixture(scope="session")
+def lora_run(tmp_path_factory, tiny_base) -> Path:
+    """A finished LoRA training run (in this process): checkpoints/, model/ (merged) and adapter/."""
+    from test_bad_inputs import train_in_process
+
+    run_dir = tmp_path_factory.mktemp("lora") / "run"
+    result = train_in_process(lora_args(tiny_base), run_dir)
+    assert result.code in (0, None), result.stderr[-3000:]
+    return run_dir

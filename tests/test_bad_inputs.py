@@ -374,6 +374,39 @@ def test_resume_from_a_directory_that_does_not_exist(tmp_path):
           f"trainer.resume='{tmp_path / 'nope'}' is not a checkpoint directory")
 
 
+# ---------------------------------------------------------------------------------------- LoRA
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("peft.r=0", "config key 'peft.r' = 0: expected an integer >= 1"),
+        ("peft.alpha=0", "config key 'peft.alpha' = 0.0: expected a positive number"),
+        ("peft.alpha=-8", "config key 'peft.alpha' = -8.0: expected a positive number"),
+        ("peft.dropout=1.0", "config key 'peft.dropout' = 1.0: expected a number in [0, 1)"),
+        ("peft.target_modules=[]", "config key 'peft.target_modules' = []: expected a non-empty list of layer names"),
+        ("model.gpt1_tokens=true", "peft=lora with model.gpt1_tokens=true: LoRA freezes the embeddings"),
+    ],
+)
+def test_lora_settings_out_of_range(tmp_path, override, expected):
+    fails(tmp_path, ["task=sst2", f"data_dir={sst2_dir(tmp_path / 'data')}", "peft=lora", override], expected)
+
+
+def test_unsetting_a_config_group_with_null_says_how(tmp_path):
+    fails(tmp_path, ["peft=lora", "peft=null"], "'peft=null' cannot unset a config group on the command line", "~peft")
+
+
+def test_lora_target_that_matches_no_layer_lists_the_layers(tmp_path):
+    fails(tmp_path, ["task=sst2", f"data_dir={sst2_dir(tmp_path / 'data')}", "peft=lora", "peft.target_modules=[c_attn,q_proj]"],
+          "peft.target_modules ['q_proj'] match no layer of the backbone", "its adaptable layers are: c_attn, c_fc, c_proj")
+
+
+def test_lora_without_peft_installed_names_the_install_line(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "peft", None)  # `import peft` raises ImportError
+    fails(tmp_path, ["task=sst2", f"data_dir={sst2_dir(tmp_path / 'data')}", "peft=lora"],
+          "peft=lora needs the peft library, which is not installed", "pip install -e .", 'pip install "peft>=0.19"')
+
+
 # ------------------------------------------------------------------------------------ offline
 
 

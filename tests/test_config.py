@@ -66,3 +66,18 @@ def test_out_of_range_values_name_the_key(override, key):
     cfg = compose_config([override])
     with pytest.raises(ConfigError, match=key):
         validate(cfg)
+
+
+def test_peft_is_off_by_default_and_peft_lora_composes_to_the_typed_schema():
+    from omegaconf import OmegaConf
+
+    from finetune.config import PeftConfig
+
+    assert compose_config().peft is None
+    cfg = compose_config(["peft=lora", "peft.target_modules=[c_attn,c_proj]", "model.activation_checkpointing=true"])
+    assert OmegaConf.get_type(cfg, "peft") is PeftConfig
+    assert (cfg.peft.method, cfg.peft.r, cfg.peft.alpha, list(cfg.peft.target_modules)) == ("lora", 8, 16.0, ["c_attn", "c_proj"])
+    assert cfg.model.activation_checkpointing is True
+    validate(cfg)
+    with pytest.raises(Exception, match="peft.rank"):
+        compose_config(["peft=lora", "peft.rank=4"])

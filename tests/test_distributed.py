@@ -228,3 +228,31 @@ def test_evaluate_and_predict_on_two_processes_count_every_example_once(runs, tm
     predicted = json.loads((tmp_path / "predict" / "metrics.json").read_text())
     assert predicted["eval"] == trained["eval"]
     assert len(list((tmp_path / "predict").rglob("*.log"))) == 1
+
+
+# ------------------------------------------------------------------------------ LoRA under DDP
+
+
+@pytest.mark.slow
+@needs_gloo
+def test_two_processes_with_lora_and_activation_checkpointing_match_one_process(tmp_path):
+    """LoRA (adapters + head trainable, the rest frozen: DDP reduces only those) with activation
+    checkpointing on 2 processes x batch 8, against LoRA without checkpointing on 1 process x batch 16
+    (in this process). Same tolerances as above."""
+    from test_bad_inputs import train_in_process
+
+    lora = ["peft=lora", "peft.dropout=0", "peft.target_modules=[c_attn,c_proj]"]
+    _launch([*COMMON, *lora, "model.activation_checkpointing=true", "trainer.batch_size=8", f"hydra.run.dir={tmp_path / 'two'}"],
+            tmp_path, processes=2)
+    one = train_in_process([*COMMON, *lora, "trainer.batch_size=16", "trainer.tracker=null"], tmp_path / "one")
+    assert one.code in (0, None), one.stderr[-3000:]
+    m2, m1 = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("two", "one"))
+    assert m2["train"]["trainable_parameters"] == m1["train"]["trainable_parameters"] < m1["train"]["total_parameters"] / 10
+    assert [r["step"] for r in m2["history"]] == [r["step"] for r in m1["history"]] == [3, 6]
+    for r2, r1 in zip(m2["history"], m1["history"]):
+        assert r2["eval_validation"]["num_examples"] == DEV_SIZE
+        assert r2["eval_validation"]["accuracy"] == pytest.approx(r1["eval_validation"]["accuracy"], abs=1 / DEV_SIZE + 1e-9)
+    two_weights, one_weights = _weights(tmp_path / "two", 6), _weights(tmp_path / "one", 6)
+    _assert_close_weights(two_weights, one_weights)
+    adapter = [k for k in one_weights if "lora_B" in k]
+    assert adapter and all(one_weights[k].abs().sum() > 0 for k in adapter)  # the adapters trained

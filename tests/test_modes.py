@@ -252,6 +252,6 @@ def test_a_run_records_environment_curves_and_a_model_card(trained):
 def test_the_console_shows_a_summary_with_the_outputs(trained, tmp_path):
     result = train_in_process([*QUICK, "trainer.max_steps=4"], tmp_path / "run")
     assert result.code in (0, None)
-    summary = result.stdout.splitlines()[-4:]
+    summary = result.stdout.splitlines()[-5:]
     assert summary[0].startswith("quickstart (train): accuracy=") and summary[0].endswith(f"outputs in {tmp_path / 'run'}")
     assert summary[1].startswith("  best accuracy=") and "trained" in summary[2] and "examples/s" in summary[2]

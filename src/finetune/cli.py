@@ -19,7 +19,8 @@ import sys
 from hydra.errors import HydraException, MissingConfigException, OverrideParseException
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
-_OURS = "FINETUNE_SET_HYDRA_FULL_ERROR"  # marks HYDRA_FULL_ERROR as set by us (child processes inherit both)
+_OURS = "FINETUNE_SET_HYDRA_FULL_ERROR"
+_GROUP_NULL = "Config group override must be a string or a list"  # marks HYDRA_FULL_ERROR as set by us (child processes inherit both)
 
 # Hydra's multi-line messages end with advice that does not apply to a one-line report.
 _NOISE = re.compile(r"^(Config search path:|\s+provider=|See https://hydra\.cc|Set the environment variable HYDRA_FULL_ERROR)")
@@ -87,6 +88,17 @@ def main(hydra_main) -> None:
     task_function = getattr(hydra_main, "__wrapped__", None)
     try:
         hydra_main()
+    except ValueError as err:  # Hydra raises a bare ValueError for `group=null` (e.g. peft=null)
+        if not str(err).startswith(_GROUP_NULL) or user_wants_full or os.environ.get("FINETUNE_DEBUG"):
+            raise
+        from finetune.config import PROJECT_ROOT
+
+        nulls = [arg for arg in sys.argv[1:] if re.fullmatch(r"\w+=(null|None)", arg)
+                 and (PROJECT_ROOT / "configs" / arg.split("=", 1)[0]).is_dir()]
+        group = nulls[0].split("=", 1)[0] if nulls else "<group>"
+        print(f"error: '{nulls[0] if nulls else group + '=null'}' cannot unset a config group on the command line: "
+              f"leave it out (the default applies) or write ~{group}", file=sys.stderr)
+        sys.exit(2)
     except (HydraException, OmegaConfBaseException) as err:
         inside_task = task_function is not None and _raised_in(err, task_function.__code__)
         if inside_task or user_wants_full or os.environ.get("FINETUNE_DEBUG"):

@@ -117,6 +117,28 @@ class ModelConfig:
     dropout: Optional[float] = None  # backbone dropout (GPT-2: resid/embd/attn_pdrop); None = the checkpoint's
     attn_implementation: str = "sdpa"
     trust_remote_code: bool = False
+    # Recompute each block's activations in the backward pass instead of keeping them (non-reentrant
+    # torch checkpointing through transformers' activation_checkpointing_enable): less memory, ~30% more compute.
+    activation_checkpointing: bool = False
+    # evaluate/predict on a run's adapter/ directory: the base model to put it on; null = the adapter's
+    # own record (adapter_config.json's base_model_name_or_path).
+    adapter_base: Optional[str] = None
+
+
+@dataclass
+class PeftConfig:
+    """`peft=lora` (configs/peft/lora.yaml): LoRA adapters on the backbone with the `peft` library.
+
+    The backbone's weights are frozen; the adapters and the task head are trained. GPT-2's
+    projections are `Conv1D` layers: c_attn (query/key/value), c_proj (attention output and MLP
+    output) and c_fc (MLP input).
+    """
+
+    method: str = "lora"  # the only method so far
+    r: int = 8  # rank of the update B @ A
+    alpha: float = 16.0  # the update is scaled by alpha / r
+    dropout: float = 0.05  # dropout on the adapter's input
+    target_modules: List[str] = field(default_factory=lambda: ["c_attn"])  # backbone layer names (suffixes) to adapt
 
 
 @dataclass
@@ -188,6 +210,7 @@ class TrainConfig:
     mode: ModeConfig = field(default_factory=ModeConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    peft: Optional[PeftConfig] = None  # null: full fine-tuning
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
@@ -317,10 +340,29 @@ def validate(cfg) -> None:
     if cfg.mode.name == "zeroshot":
         _check(not cfg.model.gpt1_tokens, "model.gpt1_tokens", cfg.model.gpt1_tokens,
                "false in mode=zeroshot (the GPT-1 tokens are learned in fine-tuning; a pretrained LM has none)")
+    if cfg.peft is not None:
+        check_peft(cfg.peft, cfg.model)
     m = cfg.model
     if m.from_scratch and m.n_embd is not None:
         n_head = m.n_head if m.n_head is not None else 12  # GPT2Config's default
         _check(m.n_embd % n_head == 0, "model.n_embd", m.n_embd, f"a multiple of model.n_head ({n_head})")
+
+
+def check_peft(peft, model) -> None:
+    """LoRA settings that are wrong whatever the backbone (target names are checked against it on load)."""
+    from finetune.models.lora import require_peft
+
+    _check(peft.method == "lora", "peft.method", peft.method, "lora")
+    require_peft()
+    _check(peft.r >= 1, "peft.r", peft.r, "an integer >= 1 (the rank of the LoRA update)")
+    _check(peft.alpha > 0, "peft.alpha", peft.alpha, "a positive number (the update is scaled by alpha / r)")
+    _check(0 <= peft.dropout < 1, "peft.dropout", peft.dropout, "a number in [0, 1)")
+    targets = list(peft.target_modules)
+    _check(len(targets) > 0 and all(isinstance(t, str) and t for t in targets), "peft.target_modules", targets,
+           "a non-empty list of layer names, e.g. [c_attn] or [c_attn, c_proj, c_fc]")
+    if model.gpt1_tokens:
+        raise ConfigError("peft=lora with model.gpt1_tokens=true: LoRA freezes the embeddings, so the three added "
+                          "tokens would keep their random vectors; use model.gpt1_tokens=false with LoRA, or full fine-tuning (no peft=lora)")
 
 
 def predict_splits(task) -> list[str]:

@@ -20,8 +20,11 @@ from omegaconf import OmegaConf, open_dict
 from finetune.data.pipeline import TaskData, load_rows, prepare
 from finetune.errors import ModelError
 from finetune.hub import set_offline_mode
-from finetune.models.backbone import check_backbone_for_task, load_backbone, load_causal_lm, load_tokenizer
+from finetune.models.backbone import (
+    check_backbone_for_task, enable_activation_checkpointing, load_backbone, load_causal_lm, load_tokenizer,
+)
 from finetune.models.heads import HEADS
+from finetune.models.lora import apply_lora, base_reference
 from finetune.models.task_model import MANIFEST, TaskModel, build_head, open_trained, trained_manifest
 
 log = logging.getLogger("finetune")
@@ -69,7 +72,12 @@ def _pretrained_model(cfg, tokenizer, base_vocab: int, offline: bool, labels) ->
     check_backbone_for_task(cfg.model, cfg.task, num_labels, backbone)
     head = build_head(cfg.task.head, backbone.config.hidden_size, num_labels, cfg.model.head_dropout, dict(cfg.task.head_args),
                       init_std=backbone.config.initializer_range)
-    return TaskModel(backbone, head, aux_lm_weight=cfg.task.aux_lm_weight)
+    model = TaskModel(backbone, head, aux_lm_weight=cfg.task.aux_lm_weight)
+    if cfg.peft is not None:  # after the head, so a seed draws the same head with and without LoRA
+        apply_lora(model, cfg.peft, base_model=base_reference(cfg.model))
+    if cfg.model.activation_checkpointing:
+        enable_activation_checkpointing(model.backbone)
+    return model
 
 
 def check_trained_for_task(manifest: dict, task, path: str) -> None:
@@ -91,8 +99,9 @@ def check_trained_for_task(manifest: dict, task, path: str) -> None:
     )
 
 
-def _trained_model(cfg):
-    """(model, tokenizer, source) for evaluate/predict: the fine-tuned model at model.name_or_path."""
+def _trained_model(cfg, offline: bool):
+    """(model, tokenizer, source) for evaluate/predict: the fine-tuned model at model.name_or_path
+    (a run's model/, adapter/ or checkpoints/step-N directory)."""
     name = cfg.model.name_or_path
     path = Path(name).expanduser()
     what = f"model.name_or_path '{name}'"
@@ -101,7 +110,11 @@ def _trained_model(cfg):
         return None
     kind, manifest = found
     check_trained_for_task(manifest, cfg.task, name)
-    model, tokenizer, manifest = open_trained(path, what)
+    if cfg.peft is not None:
+        log.warning("peft=%s is ignored: a fine-tuned model is loaded as it was saved (%s)", cfg.peft.method, name)
+    if cfg.model.adapter_base and kind != "adapter":
+        log.warning("model.adapter_base is ignored: '%s' is not an adapter directory", name)
+    model, tokenizer, manifest = open_trained(path, what, adapter_base=cfg.model.adapter_base, offline=offline)
     if cfg.model.tokenizer:
         log.info("model.tokenizer is not used: a fine-tuned model is read with its own tokenizer (%s)", name)
     n_positions = getattr(model.backbone.config, "n_positions", None)
@@ -116,7 +129,10 @@ def _trained_model(cfg):
         log.warning("head_args of the model (%s) are used instead of task.head_args (%s)", saved_args, dict(cfg.task.head_args))
     with open_dict(cfg):
         cfg.task.head_args = saved_args  # the input format the model was trained with
-    return model, tokenizer, {"kind": kind, "path": str(path)}
+    source = {"kind": kind, "path": str(path)}
+    if kind == "adapter":
+        source["base_model"] = cfg.model.adapter_base or (manifest.get("peft") or {}).get("base_model")
+    return model, tokenizer, source
 
 
 def quiet_library_progress_bars() -> None:
@@ -138,7 +154,7 @@ def setup(cfg, *, train_split: str | None, eval_splits: list[str], trained: bool
     set_seed(cfg.seed)
     labels = task_labels(cfg.task)
     head_cls = HEADS[cfg.task.head]
-    loaded = _trained_model(cfg) if trained else None
+    loaded = _trained_model(cfg, offline) if trained else None
     # A pretrained LM is complete for the lm head (its head is the tied embedding): nothing untrained to warn about.
     complete = head_cls.language_model
     if trained and loaded is None and not cfg.mode.fresh_head and not complete:

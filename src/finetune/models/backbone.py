@@ -91,6 +91,11 @@ def load_backbone(model_cfg, tokenizer, base_vocab: int, offline: bool) -> torch
         backbone = GPT2Model(config)
     else:
         name = _check_source(model_cfg.name_or_path, "model.name_or_path", offline, "model")
+        if Path(name).is_dir() and (Path(name) / "adapter_config.json").is_file():
+            raise ModelError(
+                f"model.name_or_path '{name}' is a LoRA adapter, not a model: fine-tune from the run's merged model "
+                f"(its model/ directory) or from the adapter's base model (adapter_config.json: base_model_name_or_path)"
+            )
         if Path(name).is_dir() and not (Path(name) / "config.json").is_file():
             raise ModelError(f"model.name_or_path '{name}' is not a model directory (no config.json)")
         try:
@@ -125,6 +130,23 @@ def load_backbone(model_cfg, tokenizer, base_vocab: int, offline: bool) -> torch
         backbone.resize_token_embeddings(len(tokenizer), mean_resizing=False)
     backbone.config.pad_token_id = tokenizer.pad_token_id
     return backbone.float()
+
+
+def enable_activation_checkpointing(backbone) -> None:
+    """Recompute every block's activations during the backward pass (non-reentrant torch checkpointing).
+
+    transformers 5.24 renamed `gradient_checkpointing_enable` to `activation_checkpointing_enable`
+    (the old name warns, and goes in v6); earlier 5.x releases only have the old one.
+    `backbone` may be a peft model: the transformers model inside it is switched.
+    """
+    model = backbone.get_base_model() if hasattr(backbone, "get_base_model") else backbone
+    if not getattr(model, "supports_gradient_checkpointing", False):
+        raise ModelError(f"model.activation_checkpointing=true: {type(model).__name__} does not support activation checkpointing")
+    non_reentrant = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=non_reentrant)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=non_reentrant)
 
 
 def check_backbone_for_task(model_cfg, task_cfg, num_labels: int, backbone) -> None:

@@ -16,6 +16,7 @@ from finetune.data.formats import GPT1_TOKENS, configure_tokenizer
 from finetune.errors import ModelError
 from finetune.generation import generation_config
 from finetune.models.heads import HEADS, Head, lm_loss_sum, lm_target_count, skip_padding_check
+from finetune.models.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS, apply_lora, load_adapter, settings_of
 from finetune.training.checkpoint import RUN_INFO as CHECKPOINT_INFO
 
 MANIFEST = "finetune.json"
@@ -94,7 +95,8 @@ def trained_input_roles(task_cfg) -> list[str]:
 
 
 def manifest_for(model: TaskModel, tokenizer, task_cfg, labels: list[str] | None) -> dict:
-    """What a directory needs besides weights to rebuild the task model and its input format."""
+    """What a directory needs besides weights to rebuild the task model and its input format
+    (`peft`: the LoRA settings a checkpoint's model is rebuilt with before its state dict loads)."""
     return {
         "task": task_cfg.name,
         "head": task_cfg.head,
@@ -105,6 +107,7 @@ def manifest_for(model: TaskModel, tokenizer, task_cfg, labels: list[str] | None
         "max_length": task_cfg.max_length,
         "gpt1_tokens": uses_gpt1_tokens(tokenizer),
         "input_roles": trained_input_roles(task_cfg),
+        "peft": settings_of(model),
     }
 
 
@@ -116,11 +119,13 @@ def write_model_files(model: TaskModel, tokenizer, manifest: dict, out_dir: Path
     (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
 
 
-def export(model: TaskModel, tokenizer, task_cfg, labels: list[str] | None, out_dir: Path) -> dict:
+def export(model: TaskModel, tokenizer, task_cfg, labels: list[str] | None, out_dir: Path,
+           merged_adapters: list[dict] | None = None) -> dict:
     """Save weights, tokenizer (with its input template) and a manifest to reload the task model.
 
     Heads with `exports_to` are written as that transformers class, so `pipeline(...)` loads them.
-    Returns the manifest.
+    `merged_adapters`: the LoRA adapters merged into these weights (finetune.models.lora), recorded
+    so that none is applied twice. Returns the manifest.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -144,6 +149,8 @@ def export(model: TaskModel, tokenizer, task_cfg, labels: list[str] | None, out_
         save_file({k: v.contiguous() for k, v in head.state_dict().items()}, str(out_dir / HEAD_WEIGHTS))
     tokenizer.save_pretrained(out_dir)
     manifest = manifest_for(model, tokenizer, task_cfg, labels)
+    if merged_adapters:
+        manifest["merged_adapters"] = merged_adapters
     (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
 
@@ -196,24 +203,34 @@ def load_checkpoint_model(checkpoint_dir: str | Path) -> tuple[TaskModel, object
     backbone = AutoModel.from_config(config, dtype=torch.float32)
     head = build_head(manifest["head"], config.n_embd, manifest["num_labels"], 0.0, manifest["head_args"])
     model = TaskModel(backbone, head)
+    if manifest.get("peft"):
+        apply_lora(model, manifest["peft"], base_model=manifest["peft"].get("base_model"))
     model.load_state_dict(load_file(str(checkpoint_dir / CHECKPOINT_WEIGHTS)))
     return model.eval(), tokenizer, manifest
 
 
+KIND_NAMES = {"checkpoint": "checkpoint", "adapter": "adapter", "exported": "exported model"}
+
+
 def trained_kind(path: Path) -> str | None:
-    """'checkpoint', 'exported' or None (not a fine-tuned model directory)."""
+    """'checkpoint', 'adapter' (a run's adapter/), 'exported' or None (not a fine-tuned model directory)."""
     if (path / CHECKPOINT_INFO).is_file():
         return "checkpoint"
+    if (path / ADAPTER_CONFIG).is_file() and (path / MANIFEST).is_file():
+        return "adapter"
     if (path / MANIFEST).is_file():
         return "exported"
     return None
 
 
-def load_trained(path: str | Path) -> tuple[TaskModel, object, dict]:
+def load_trained(path: str | Path, adapter_base: str | None = None, offline: bool = False) -> tuple[TaskModel, object, dict]:
+    """A checkpoint, an exported model/ or an adapter/ (on its base, or on `adapter_base`)."""
     path = Path(path)
     kind = trained_kind(path)
     if kind == "checkpoint":
         return load_checkpoint_model(path)
+    if kind == "adapter":
+        return load_adapter(path, adapter_base, offline)
     return load_exported(path)
 
 
@@ -224,10 +241,10 @@ def trained_manifest(path: Path, what: str) -> tuple[str, dict] | None:
     kind = trained_kind(path) if path.is_dir() else None
     if kind is None:
         return None
-    weights = [CHECKPOINT_WEIGHTS] if kind == "checkpoint" else list(WEIGHT_FILES)
+    weights = {"checkpoint": [CHECKPOINT_WEIGHTS], "adapter": [ADAPTER_WEIGHTS]}.get(kind, list(WEIGHT_FILES))
     if not any((path / w).is_file() for w in weights):
         raise ModelError(f"{what} has no weights ({' or '.join(weights)}): it is not a complete "
-                         f"{'checkpoint' if kind == 'checkpoint' else 'exported model'} directory")
+                         f"{KIND_NAMES[kind]} directory")
     if not (path / MANIFEST).is_file():
         raise ModelError(f"{what} is a checkpoint without {MANIFEST} (written by an older version): use the run's model/ directory")
     try:
@@ -240,10 +257,10 @@ def trained_manifest(path: Path, what: str) -> tuple[str, dict] | None:
     return kind, manifest
 
 
-def open_trained(path: Path, what: str) -> tuple[TaskModel, object, dict]:
+def open_trained(path: Path, what: str, adapter_base: str | None = None, offline: bool = False) -> tuple[TaskModel, object, dict]:
     """`load_trained`, with unreadable or incomplete files reported as one ModelError line."""
     try:
-        return load_trained(path)
+        return load_trained(path, adapter_base=adapter_base, offline=offline)
     except (OSError, ValueError, RuntimeError, KeyError) as err:
         first = next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
         raise ModelError(f"{what}: could not load the fine-tuned model ({type(err).__name__}: {first}); "

@@ -54,7 +54,44 @@ def _returns(manifest: dict) -> str:
     return f"`{{'prediction': <label>, 'probability': <its probability>, 'probabilities': {{<label>: <probability>, ...}}{extra}}}`"
 
 
+ADAPTER_CLASSES = {"classification": "AutoModelForSequenceClassification", "entailment": "AutoModelForSequenceClassification",
+                   "similarity": "AutoModelForSequenceClassification", "span": "AutoModelForQuestionAnswering"}
+
+
+def _how_to_load_adapter(manifest: dict) -> str:
+    """adapter/ (finetune.models.lora): peft loads it on its base model; multiple choice needs the framework."""
+    peft = manifest["peft"]
+    base = peft.get("base_model") or "<the base model>"
+    framework = [
+        "Or with the framework (any head, multiple choice included): `finetune.load(\"<this directory>\")`, or "
+        "`python train.py mode=evaluate task=" + manifest["task"] + " model.name_or_path=<this directory>`.",
+    ]
+    cls = ADAPTER_CLASSES.get(manifest["head"])
+    if cls is None:
+        return "\n".join([
+            f"A LoRA adapter (r={peft['r']}, alpha={peft['alpha']:g}, on {', '.join(peft['target_modules'])}) for `{base}`; "
+            "the multiple-choice head (one score per candidate) is in head.safetensors, which only the framework reads.",
+            "The adapter alone loads on the base with `PeftModel.from_pretrained(AutoModel.from_pretrained(base), <this directory>)`.",
+            *framework,
+        ])
+    labels = "" if manifest["head"] == "span" else f", num_labels={manifest['num_labels']}"
+    return "\n".join([
+        f"A LoRA adapter (r={peft['r']}, alpha={peft['alpha']:g}, on {', '.join(peft['target_modules'])}) with the trained head, for `{base}`:",
+        "```python",
+        f"from transformers import AutoTokenizer, {cls}",
+        "from peft import PeftModel",
+        f'base = {cls}.from_pretrained("{base}"{labels})',
+        'model = PeftModel.from_pretrained(base, "<this directory>")  # the head comes with it (modules_to_save)',
+        'tokenizer = AutoTokenizer.from_pretrained("<this directory>")  # holds the training input template',
+        "model.config.pad_token_id = tokenizer.pad_token_id",
+        "```",
+        *framework,
+    ])
+
+
 def _how_to_load(manifest: dict) -> str:
+    if (manifest.get("peft") or {}).get("sha256"):
+        return _how_to_load_adapter(manifest)
     if manifest["head"] == "lm":
         return "\n".join([
             "```python",
@@ -122,7 +159,7 @@ def _how_to_load(manifest: dict) -> str:
 def write_model_card(model_dir: Path, manifest: dict, cfg, metrics: dict) -> Path:
     evaluation = metrics.get("eval_splits") or {}
     front = {
-        "library_name": "transformers",
+        "library_name": "peft" if (manifest.get("peft") or {}).get("sha256") else "transformers",
         # The Hub's widget would run plain transformers, which is right only for one-sequence heads.
         **({} if plain_pipeline_agrees(manifest) else {"inference": False}),
         "base_model": str(cfg.model.name_or_path),
@@ -144,6 +181,9 @@ def write_model_card(model_dir: Path, manifest: dict, cfg, metrics: dict) -> Pat
         "optimizer steps": train.get("steps"), "best step": metrics.get("best_step"),
         "mixed precision": cfg.trainer.mixed_precision,
     }
+    if cfg.get("peft") is not None:
+        hyper["LoRA"] = (f"r={cfg.peft.r}, alpha={cfg.peft.alpha:g}, dropout={cfg.peft.dropout:g}, on {', '.join(cfg.peft.target_modules)}"
+                         + ("; merged into these weights" if manifest.get("merged_adapters") else ""))
     labels = manifest.get("labels")
     body = [
         f"# {manifest['task']}: GPT-2 with a `{manifest['head']}` head",

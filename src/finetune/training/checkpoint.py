@@ -107,7 +107,7 @@ def load_latest_valid(accelerator, candidates: list[Path], expected: dict, state
         try:
             info = read_info(checkpoint)
             for key, value in expected.items():
-                if info.get(key) != value:
+                if info.get(key, value) != value:  # (a key that older checkpoints lack is not checked)
                     raise CheckpointError(
                         f"checkpoint '{checkpoint}' was written for {key}={info.get(key)!r}, this run has {key}={value!r}"
                     )

@@ -26,6 +26,7 @@ from finetune.errors import ConfigError, TrainingDiverged
 from finetune.training import checkpoint
 from finetune.training.batching import build_eval_loader, build_train_loader, compile_model, enable_tf32
 from finetune.training.evaluation import evaluate_split
+from finetune.training.memory import PeakMemory
 from finetune.training.optim import build_optimizer, build_scheduler
 from finetune.training.preemption import Preempted, PreemptionGuard
 
@@ -134,7 +135,11 @@ class Trainer:
 
     # ------------------------------------------------------------------ state
     def checkpoint_identity(self) -> dict:
-        return {"task": self.cfg.task.name, "head": self.cfg.task.head, "num_labels": self.accelerator.unwrap_model(self.model).head.num_labels}
+        """What a checkpoint must share with this run to resume it: the task and the model's shape
+        (its trainable parameters differ between full fine-tuning and LoRA, or LoRA settings)."""
+        model = self.accelerator.unwrap_model(self.model)
+        return {"task": self.cfg.task.name, "head": self.cfg.task.head, "num_labels": model.head.num_labels,
+                "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad)}
 
     def resume(self, resume: str) -> None:
         if resume == "auto" and not checkpoint.step_dirs(self.checkpoint_root):
@@ -281,14 +286,17 @@ class Trainer:
             console = [h for h in logging.getLogger().handlers if not isinstance(h, logging.FileHandler)] if show_bar else []
             for handler in console:
                 handler.addFilter(quiet)
+            memory = PeakMemory(accelerator.device)
             try:
-                return self._fit(guard, show_bar)
+                return self._fit(guard, show_bar, memory)
             finally:
+                memory.stop()  # (again) if training ended with an exception: the sampling thread ends
                 for handler in console:
                     handler.removeFilter(quiet)
 
-    def _fit(self, guard: PreemptionGuard, show_bar: bool) -> dict:
+    def _fit(self, guard: PreemptionGuard, show_bar: bool, memory: PeakMemory) -> dict:
         accelerator, cfg, p = self.accelerator, self.trainer_cfg, self.progress
+        memory.start()
         bar = tqdm(total=self.total_steps, initial=p.step, desc="train", disable=not show_bar, dynamic_ncols=True)
         running, running_steps, run_examples = {}, 0, 0
         window_start, window_examples = time.perf_counter(), 0
@@ -342,6 +350,7 @@ class Trainer:
         train_seconds = time.perf_counter() - train_start
         if not p.history or p.history[-1]["step"] != p.step:
             self.evaluate()
+        peak_mb = self._peak_over_processes(memory.stop())
         steps_run = p.step - start_step
         return {
             "steps": p.step,
@@ -353,7 +362,17 @@ class Trainer:
             "examples_seen": p.examples_seen,
             "stopped_early": p.stopped_early,
             "stopped_at_step": p.step if p.stopped_early else None,
+            # Over all of training: steps, evaluations and checkpoint writes (see finetune.training.memory).
+            "peak_memory_mb": peak_mb,
+            "peak_memory_kind": memory.kind,
         }
+
+    def _peak_over_processes(self, peak_mb: float) -> float:
+        """The largest process's peak: what each device (or each process's share of the host) must hold."""
+        if self.accelerator.num_processes > 1:
+            peak = torch.tensor(peak_mb, dtype=torch.float32, device=self.accelerator.device)
+            peak_mb = float(self.accelerator.reduce(peak, reduction="max"))
+        return round(peak_mb, 1)
 
     def _log_training(self, running: dict, steps: int, examples_per_s: float, bar) -> None:
         """Mean of each loss term over the steps since the last log line, over all processes."""
