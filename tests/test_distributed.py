@@ -41,7 +41,7 @@ COMMON = [
 ]
 # Microsecond timestamps: without the agreement in finetune.distributed, two ranks would always
 # compose two different run directories (not just when they straddle a second).
-RUN_DIR = "hydra.run.dir=${paths.log_dir}/${task.name}/${ft.now:%Y-%m-%d_%H-%M-%S_%f}"
+RUN_DIR = "hydra.run.dir=${paths.log_dir}/${task.name}/${mode.name}/${ft.now:%Y-%m-%d_%H-%M-%S_%f}"
 ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
