@@ -1,4 +1,4 @@
-"""Batching modes (random, bucketed, token_budget): orders, sharding, resume and pooling.
+"""Batching modes (bucketed, random, token_budget, packed): orders, sharding, resume and pooling.
 
 - The batch samplers are pure functions of (seed, epoch): the same batches for the same pair,
   other batches for another epoch, every example exactly once per epoch, a fixed batch count.
@@ -6,7 +6,8 @@
 - Accelerate's shard of a batch sampler gives two processes the same number of batches, and
   `skip_first_batches` resumes an epoch where it stopped.
 - Last-token pooling does not depend on what an example is batched with: the logits of a tiny
-  model for an example alone equal those for it padded inside a batch, under every mode.
+  model for an example alone equal those for it padded (or packed) inside a batch, under every mode;
+  evaluation metrics are identical whatever mode training batches with.
 - The fast text collator builds the same tensors as transformers' DataCollatorWithPadding.
 """
 
@@ -23,6 +24,7 @@ from conftest import TINY_FAST, compose_config
 from finetune.config import validate
 from finetune.errors import ConfigError
 from finetune.training.batching import build_eval_loader, build_train_loader, default_max_tokens
+from finetune.training.evaluation import SingleProcess, evaluate_split
 from finetune.training.sampler import (
     BucketBatchSampler,
     TokenBudgetBatchSampler,
@@ -157,7 +159,7 @@ def tiny_model():
 
 def _trainer_cfg(**overrides):
     base = dict(
-        batch_size=4, eval_batch_size=None, batching="random", bucket_batches=2, max_tokens=None,
+        batch_size=4, eval_batch_size=None, batching="random", bucket_batches=2, max_tokens=None, pack_length=None,
         pad_to_multiple_of=8, pad_to_max_length=False, num_workers=0, eval_sort_by_length=True,
     )
     return OmegaConf.create({**base, **overrides})
@@ -175,8 +177,10 @@ class _Tokenizer:
         {"batching": "bucketed"},
         {"batching": "token_budget", "max_tokens": 48},
         {"batching": "token_budget"},
+        {"batching": "packed"},
+        {"batching": "packed", "pack_length": 16},
     ],
-    ids=["random", "pad_to_max_length", "bucketed", "token_budget", "token_budget_default"],
+    ids=["random", "pad_to_max_length", "bucketed", "token_budget", "token_budget_default", "packed", "packed_short_rows"],
 )
 def test_pooled_logits_do_not_depend_on_the_batch(overrides):
     model = tiny_model()
@@ -193,7 +197,10 @@ def test_pooled_logits_do_not_depend_on_the_batch(overrides):
     for epoch in range(2):
         sampler.set_epoch(epoch)
         for batch in loader:
-            padded_batches += int((batch["attention_mask"] == 0).any())
+            if "sequence_ids" in batch:  # packed: what matters is several sequences sharing a row
+                padded_batches += int((batch["sequence_ids"].amax(-1) > 1).any())
+            else:
+                padded_batches += int((batch["attention_mask"] == 0).any())
             if overrides.get("pad_to_max_length"):
                 assert batch["input_ids"].shape[1] == 64
             with torch.no_grad():
@@ -283,7 +290,38 @@ def _run(tmp_path, name, extra):
     return tmp_path / name
 
 
-@pytest.mark.parametrize("mode", ["bucketed", "token_budget"])
+def test_packed_loader_is_sharded_like_random_batches():
+    """packed cuts the shuffled order into batch_size examples as random does; Accelerate shards it alike."""
+    sequences = [[1] * n for n in LENGTHS[:101]]
+    data = Dataset.from_dict({"input_ids": sequences, "labels": list(range(len(sequences)))})
+    loaders = {mode: build_train_loader(_trainer_cfg(batching=mode, batch_size=8), data, _Tokenizer(), "text", 128, seed=3)
+               for mode in ("random", "packed")}
+    for epoch in (0, 1):
+        orders = {}
+        for mode, (loader, sampler) in loaders.items():
+            sampler.set_epoch(epoch)
+            orders[mode] = [batch["labels"].tolist() for batch in loader]
+        assert orders["packed"] == orders["random"]
+        for mode, (loader, sampler) in loaders.items():
+            shards = [list(BatchSamplerShard(loader.batch_sampler, num_processes=2, process_index=rank, even_batches=True)) for rank in (0, 1)]
+            assert len(shards[0]) == len(shards[1]) == 7  # 13 batches, evened out
+            assert {i for rank in shards for b in rank for i in b} == set(range(101))
+
+
+def test_evaluation_metrics_are_identical_whatever_training_batches_with():
+    model = tiny_model()
+    rng = np.random.default_rng(4)
+    sequences = [rng.integers(1, 300, size=n).tolist() for n in rng.integers(1, 50, size=37)]
+    data = Dataset.from_dict({"input_ids": sequences, "labels": rng.integers(0, 3, size=37).tolist(), "index": list(range(37))})
+    results = {}
+    for mode in ("bucketed", "random", "token_budget", "packed"):
+        loader = build_eval_loader(_trainer_cfg(batching=mode, eval_batch_size=8), data, _Tokenizer(), "text", max_length=64, seed=1)
+        results[mode] = evaluate_split(SingleProcess(), model, loader, ["accuracy"], data)
+    assert results["random"]["num_examples"] == 37
+    assert all(r == results["random"] for r in results.values())
+
+
+@pytest.mark.parametrize("mode", ["bucketed", "token_budget", "packed"])
 def test_training_resumes_mid_epoch_to_the_same_weights(tmp_path, mode):
     """8 steps straight vs 4 steps, then resume from that checkpoint (13 batches per epoch)."""
     from safetensors.torch import load_file

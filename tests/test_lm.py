@@ -116,13 +116,13 @@ def test_strided_windows_score_every_token_but_the_first_exactly_once():
 
 
 def test_block_batches_are_never_padded(tiny_tokenizer):
-    """Blocks of 13 tokens with pad_to_multiple_of=8 (dynamic padding's default) stay 13 wide."""
-    cfg = compose_config(["task=tinyshakespeare", "task.max_length=13", "trainer.batch_size=4"])
+    """Blocks of 13 tokens with pad_to_multiple_of=8 (dynamic padding's default on CUDA) stay 13 wide,
+    in every batching mode (`packed` reads blocks as they are: they have no padding to remove)."""
+    cfg = compose_config(["task=tinyshakespeare", "task.max_length=13", "trainer.batch_size=4", "trainer.pad_to_multiple_of=8"])
     features, _ = blocks.featurize(_rows([story(i) for i in range(30)]), tiny_tokenizer, cfg.task, training=True, where="t")
-    assert cfg.trainer.pad_to_multiple_of == 8
-    for mode in ("random", "bucketed", "token_budget"):
+    for mode in ("random", "bucketed", "token_budget", "packed"):
         cfg.trainer.batching = mode
-        loader, _ = build_train_loader(cfg.trainer, features, tiny_tokenizer, "blocks", 13, seed=0)
+        loader, _ = build_train_loader(cfg.trainer, features, tiny_tokenizer, "blocks", 13, seed=0, on_cuda=True)
         for batch in loader:
             assert batch["input_ids"].shape[1] == 13 and set(batch) == {"input_ids", "labels"}
             assert torch.equal(batch["labels"], batch["input_ids"])

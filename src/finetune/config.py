@@ -21,6 +21,11 @@ from finetune.errors import ConfigError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 # transformers.get_scheduler names that need nothing but warmup and total steps (not reduce_lr_on_plateau).
+# trainer.batching (finetune.training.batching), and the attention implementations that block attention
+# between packed sequences (transformers derives the mask from restarting position ids).
+BATCHING_MODES = ("bucketed", "random", "token_budget", "packed")
+FLASH_ATTENTION = ("flash_attention_2", "flash_attention_3", "flash_attention_4")
+PACKED_ATTENTION = ("sdpa", "eager", "flex_attention", *FLASH_ATTENTION)
 SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup", "inverse_sqrt")
 
 
@@ -174,13 +179,16 @@ class TrainerConfig:
     tracker: Optional[str] = "tensorboard"  # any accelerate tracker name, or null
     max_train_samples: Optional[int] = None
     max_eval_samples: Optional[int] = None
-    pad_to_multiple_of: Optional[int] = 8
+    # None = by device: 8 on CUDA (tensor cores), none on CPU (it only adds work there); 1 = never.
+    pad_to_multiple_of: Optional[int] = None
     pad_to_max_length: bool = False  # pad every batch to task.max_length (run_glue's way; for comparison)
-    # Speed (see docs/benchmarks.md). random: shuffled examples; bucketed: batches of batch_size
-    # examples of similar length; token_budget: batches of up to max_tokens padded tokens.
-    batching: str = "random"  # random | bucketed | token_budget
+    # Speed (see docs/benchmarks.md). bucketed: batches of batch_size examples of similar length;
+    # random: shuffled examples; token_budget: batches of up to max_tokens padded tokens; packed: the
+    # random batches without padding, sequences end to end in rows of pack_length tokens.
+    batching: str = "bucketed"  # bucketed | random | token_budget | packed
     bucket_batches: int = 50  # bucketed: batches per length-sorted bucket
     max_tokens: Optional[int] = None  # token_budget: padded tokens per batch; None = batch_size x mean length
+    pack_length: Optional[int] = None  # packed: tokens per row; None = task.max_length (FlashAttention: one row)
     eval_sort_by_length: bool = True  # evaluate longest first (less padding; metrics unchanged)
     compile: bool = False  # torch.compile the model (worth it on GPU; ~1.03x on CPU after a long compile)
     tf32: bool = True  # on CUDA: TF32 matmuls for the fp32 parts
@@ -297,8 +305,13 @@ def validate(cfg) -> None:
     _check(t.log_every >= 1, "trainer.log_every", t.log_every, "an integer >= 1")
     _check(t.save_total_limit >= 1, "trainer.save_total_limit", t.save_total_limit, "an integer >= 1")
     _check(t.mixed_precision in ("no", "bf16", "fp16", "auto"), "trainer.mixed_precision", t.mixed_precision, "one of no, bf16, fp16, auto")
-    _check(t.batching in ("random", "bucketed", "token_budget"), "trainer.batching", t.batching, "one of random, bucketed, token_budget")
+    _check(t.batching in BATCHING_MODES, "trainer.batching", t.batching, f"one of {', '.join(BATCHING_MODES)}")
     _check(t.max_tokens is None or t.max_tokens >= 1, "trainer.max_tokens", t.max_tokens, "an integer >= 1 or null")
+    _check(t.pack_length is None or t.pack_length >= 1, "trainer.pack_length", t.pack_length, "an integer >= 1 or null")
+    if t.batching == "packed":
+        _check(cfg.model.attn_implementation in PACKED_ATTENTION, "model.attn_implementation", cfg.model.attn_implementation,
+               f"one of {', '.join(PACKED_ATTENTION)} with trainer.batching=packed (attention must be blocked between packed "
+               f"sequences; or use trainer.batching=bucketed)")
     _check(t.bucket_batches >= 1, "trainer.bucket_batches", t.bucket_batches, "an integer >= 1")
     _check(t.num_workers >= 0, "trainer.num_workers", t.num_workers, "an integer >= 0 (0 loads batches in the main process)")
     trackers = _tracker_names()

@@ -250,7 +250,8 @@ class Predictor:
         with _quiet_datasets():
             features, _ = featurize(rows, self.input_format, self.tokenizer, task, training=False, where="inputs")
         loader_cfg = TrainerConfig(eval_batch_size=batch_size or self.batch_size, num_workers=0)
-        loader = build_eval_loader(loader_cfg, features, self.tokenizer, self.input_format, task.max_length, seed=0)
+        loader = build_eval_loader(loader_cfg, features, self.tokenizer, self.input_format, task.max_length, seed=0,
+                                   on_cuda=self.device.type == "cuda")
         _, predictions = predict_rows(SingleProcess(), self.model, loader, features, rows, labels)
         return [self._tidy(row, rows, i) for i, row in enumerate(predictions)]
 

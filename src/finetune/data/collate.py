@@ -1,9 +1,11 @@
-"""Dynamic padding at batch time, one collator per input format (right padding, see formats.py)."""
+"""Dynamic padding at batch time, one collator per input format (right padding, see formats.py),
+and padding-free packed batches for the sequence heads (`PackedCollator`)."""
 
 from __future__ import annotations
 
 from itertools import chain
 
+import numpy as np
 import torch
 
 from finetune.data.blocks import IGNORE_INDEX
@@ -131,6 +133,115 @@ class BlockCollator:
         batch = {"input_ids": input_ids, "labels": labels}
         if "index" in features[0]:
             batch["index"] = torch.tensor([f["index"] for f in features])
+        return batch
+
+
+PACKED_FORMATS = ("text", "text_both_orders", "choices")  # formats whose sequences PackedCollator lays end to end
+SEQUENCE_COLUMNS = ("input_ids", "attention_mask", "input_ids_swapped", "attention_mask_swapped")
+
+
+def pack_rows(lengths: np.ndarray, row_tokens: int) -> tuple[np.ndarray, np.ndarray]:
+    """First-fit decreasing: (row, offset in the row) of every sequence, rows of at most `row_tokens`.
+
+    Longest first, each into the first row it still fits; a sequence longer than `row_tokens` gets a
+    row of its own. Rows come out nearly full, so only the tail of a row is padding.
+    """
+    rows, offsets, fill = np.zeros(len(lengths), np.int64), np.zeros(len(lengths), np.int64), []
+    for i in np.argsort(-lengths, kind="stable"):
+        length = int(lengths[i])
+        row = next((r for r, used in enumerate(fill) if used + length <= row_tokens), len(fill))
+        if row == len(fill):
+            fill.append(0)
+        rows[i], offsets[i] = row, fill[row]
+        fill[row] += length
+    return rows, offsets
+
+
+class PackedCollator:
+    """Padding-free batches: the batch's sequences laid end to end in rows of at most `row_tokens`.
+
+    Every sequence an example makes (one for text, both orders of a similarity pair, every
+    candidate of a multiple-choice example) is placed whole into a row (`pack_rows`). The batch holds
+    - `input_ids` (rows, width): the rows, right-padded to the longest row (to a multiple of
+      `pad_to_multiple_of` when set);
+    - `position_ids`: restarting at 0 at every sequence, so each sees the positions it would alone;
+    - `sequence_ids`: 1, 2, ... for the sequences of a row, 0 on padding (which tokens belong together:
+      the auxiliary LM loss never predicts across a boundary, see models.heads.lm_target_positions);
+    - `last_positions`: the flat index (row * width + column) of each sequence's last token, shaped
+      (examples,) for text, (examples, 2) for a pair in both orders (forward, swapped), and
+      (examples, choices) for multiple choice.
+    No `attention_mask`: from position ids that restart, transformers builds the block-diagonal causal
+    mask itself (masking_utils.find_packed_sequence_indices; FlashAttention's variable-length path on
+    a single row), which it does only without a 2-D mask and without a KV cache (see
+    models.heads.encode_packed). Multiple-choice examples with fewer candidates get one-token
+    placeholder candidates and `choice_mask`, as in ChoiceCollator.
+    """
+
+    def __init__(self, input_format: str, tokenizer, row_tokens: int | None, pad_to_multiple_of=None):
+        if input_format not in PACKED_FORMATS:
+            raise ValueError(f"input format '{input_format}' is not packed (packed: {', '.join(PACKED_FORMATS)})")
+        self.input_format = input_format
+        self.pad_token_id = tokenizer.pad_token_id
+        self.row_tokens = None if row_tokens is None else int(row_tokens)  # None: one row holds the whole batch
+        self.pad_to_multiple_of = pad_to_multiple_of
+
+    def sequences(self, features) -> tuple[list[list[int]], dict]:
+        """Token lists in head order, and the extra tensors of the format (choice_mask)."""
+        if self.input_format == "text":
+            return [f["input_ids"] for f in features], {}
+        if self.input_format == "text_both_orders":
+            return [f["input_ids"] for f in features] + [f["input_ids_swapped"] for f in features], {}
+        sizes = [len(f["input_ids"]) for f in features]
+        num_choices = max(sizes)
+        sequences = []
+        for f, size in zip(features, sizes):
+            sequences.extend(f["input_ids"])
+            sequences.extend([[self.pad_token_id]] * (num_choices - size))
+        extra = {}
+        if min(sizes) != num_choices:
+            extra["choice_mask"] = (torch.arange(num_choices) < torch.tensor(sizes)[:, None]).long()
+        return sequences, extra
+
+    def shaped(self, last: torch.Tensor, examples: int) -> torch.Tensor:
+        """(examples,) for text, (examples, 2) for both orders of a pair, (examples, choices) for choices."""
+        if self.input_format == "text":
+            return last
+        if self.input_format == "text_both_orders":
+            return last.view(2, examples).T.contiguous()
+        return last.view(examples, -1)
+
+    def __call__(self, features):
+        sequences, extra = self.sequences(features)
+        lengths = np.array([len(s) for s in sequences], dtype=np.int64)
+        rows, offsets = pack_rows(lengths, self.row_tokens or int(lengths.sum()))
+        width = int((offsets + lengths).max())
+        if self.pad_to_multiple_of:
+            width = -(-width // self.pad_to_multiple_of) * self.pad_to_multiple_of
+        starts = np.cumsum(lengths) - lengths
+        owner = np.repeat(np.arange(len(lengths)), lengths)  # the sequence of every token
+        within = np.arange(int(lengths.sum())) - starts[owner]  # its position in its sequence
+        # sequence_ids number the sequences of a row by offset: 1 for the first, 2 for the next, ...
+        rank = np.lexsort((offsets, rows))
+        slot = np.empty_like(rank)
+        slot[rank] = np.arange(len(rank)) - np.searchsorted(rows[rank], rows[rank])
+        flat = torch.from_numpy(rows[owner] * width + offsets[owner] + within)
+        count = int(rows.max()) + 1
+        input_ids = torch.full((count * width,), self.pad_token_id, dtype=torch.long)
+        input_ids[flat] = torch.tensor(list(chain.from_iterable(sequences)), dtype=torch.long)
+        position_ids = torch.zeros(count * width, dtype=torch.long)
+        position_ids[flat] = torch.from_numpy(within)
+        sequence_ids = torch.zeros(count * width, dtype=torch.long)
+        sequence_ids[flat] = torch.from_numpy(slot[owner] + 1)
+        batch = {
+            "input_ids": input_ids.view(count, width),
+            "position_ids": position_ids.view(count, width),
+            "sequence_ids": sequence_ids.view(count, width),
+            "last_positions": self.shaped(torch.from_numpy(rows * width + offsets + lengths - 1), len(features)),
+            **extra,
+        }
+        for key in features[0]:
+            if key not in batch and key not in SEQUENCE_COLUMNS:
+                batch[key] = torch.tensor([f[key] for f in features])
         return batch
 
 

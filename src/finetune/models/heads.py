@@ -37,7 +37,7 @@ class Read:
 
     hidden: torch.Tensor  # (sequences, length, width)
     input_ids: torch.Tensor  # (sequences, length)
-    attention_mask: torch.Tensor  # (sequences, length): 1 on real tokens
+    attention_mask: torch.Tensor  # (sequences, length): 1 on real tokens; packed rows: sequence ids (0 on padding)
 
 
 def encode_last(backbone, input_ids, attention_mask, reads: list | None = None) -> torch.Tensor:
@@ -55,16 +55,41 @@ def encode_last(backbone, input_ids, attention_mask, reads: list | None = None) 
     return pool_last_token(hidden, attention_mask)
 
 
+def is_packed(batch) -> bool:
+    """A padding-free packed batch (finetune.data.collate.PackedCollator) rather than a padded one."""
+    return "last_positions" in batch
+
+
+def encode_packed(backbone, batch, reads: list | None = None) -> torch.Tensor:
+    """Last-token hidden states of the sequences of a packed batch, shaped like `last_positions`.
+
+    Position ids restart at every sequence and no 2-D mask is given, so transformers derives the
+    block-diagonal causal mask from them (masking_utils.find_packed_sequence_indices; FlashAttention's
+    variable-length path on a single row): each sequence attends to itself only, as alone. Both
+    conditions matter: a KV cache (`use_cache=True`, GPT-2's default) or any 2-D attention mask (an
+    all-ones one included) turns the detection off, and every token would then attend to the
+    sequences before it in its row (tests/test_packing.py checks both). `reads` gets the rows with
+    their `sequence_ids`, so the auxiliary LM loss never predicts across a sequence boundary.
+    """
+    hidden = backbone(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).last_hidden_state
+    if reads is not None:
+        reads.append(Read(hidden, batch["input_ids"], batch["sequence_ids"]))
+    return hidden.flatten(0, 1)[batch["last_positions"]]
+
+
 def lm_logits(backbone, hidden: torch.Tensor) -> torch.Tensor:
     """GPT-2's LM head: next-token logits from the (tied) token embedding matrix."""
     return F.linear(hidden, backbone.get_input_embeddings().weight)
 
 
 def lm_target_positions(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Positions whose hidden state predicts a real next token: both the position and the next are
-    real (pads never count, as inputs or as targets). Shape (..., length - 1)."""
-    mask = attention_mask.bool()
-    return mask[..., 1:] & mask[..., :-1]
+    """Positions whose hidden state predicts a real next token of the same sequence: both the position
+    and the next are real (pads never count, as inputs or as targets) and belong to one sequence.
+    `attention_mask` is a padding mask (1 real, 0 pad) or a packed batch's `sequence_ids` (1, 2, ...
+    per sequence of a row, 0 on padding), where the last token of a sequence predicts nothing.
+    Shape (..., length - 1)."""
+    current, following = attention_mask[..., :-1], attention_mask[..., 1:]
+    return (following != 0) & (current == following)
 
 
 def lm_target_count(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -146,8 +171,9 @@ class Head(nn.Module):
         return len(labels)
 
     def sequence_masks(self, batch) -> list[torch.Tensor]:
-        """Attention masks of every sequence this head reads in `batch` (the auxiliary LM loss counts their tokens)."""
-        return [batch["attention_mask"]]
+        """Attention masks of every sequence this head reads in `batch` (the auxiliary LM loss counts their
+        tokens); a packed batch has one tensor for all of them, its `sequence_ids`."""
+        return [batch["sequence_ids"]] if is_packed(batch) else [batch["attention_mask"]]
 
     def loss(self, logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
         if self.regression:
@@ -177,7 +203,10 @@ class ClassificationHead(Head):
         self.score = nn.Linear(hidden_size, num_labels, bias=False)
 
     def forward(self, backbone, batch, reads=None):
-        pooled = encode_last(backbone, batch["input_ids"], batch["attention_mask"], reads)
+        if is_packed(batch):
+            pooled = encode_packed(backbone, batch, reads)
+        else:
+            pooled = encode_last(backbone, batch["input_ids"], batch["attention_mask"], reads)
         return self.score(self.dropout(pooled))
 
 
@@ -203,6 +232,11 @@ class SimilarityHead(ClassificationHead):
         return "text_both_orders" if args.get("both_orders", True) else "text"
 
     def forward(self, backbone, batch, reads=None):
+        if is_packed(batch):
+            pooled = encode_packed(backbone, batch, reads)  # (examples, 2, width) with both orders, else (examples, width)
+            if pooled.dim() == 3:
+                pooled = pooled[:, 0] + pooled[:, 1]
+            return self.score(self.dropout(pooled))
         if "input_ids_swapped" not in batch:
             return super().forward(backbone, batch, reads)
         input_ids = torch.cat([batch["input_ids"], batch["input_ids_swapped"]])
@@ -211,6 +245,8 @@ class SimilarityHead(ClassificationHead):
         return self.score(self.dropout(forward + swapped))
 
     def sequence_masks(self, batch):
+        if is_packed(batch):
+            return super().sequence_masks(batch)
         return [batch["attention_mask"]] + ([batch["attention_mask_swapped"]] if "attention_mask_swapped" in batch else [])
 
 
@@ -232,10 +268,14 @@ class MultipleChoiceHead(Head):
         return False
 
     def forward(self, backbone, batch, reads=None):
-        examples, choices, length = batch["input_ids"].shape
-        pooled = encode_last(
-            backbone, batch["input_ids"].view(-1, length), batch["attention_mask"].view(-1, length), reads
-        )
+        if is_packed(batch):
+            pooled = encode_packed(backbone, batch, reads)  # (examples, choices, width)
+            examples, choices = batch["last_positions"].shape
+        else:
+            examples, choices, length = batch["input_ids"].shape
+            pooled = encode_last(
+                backbone, batch["input_ids"].view(-1, length), batch["attention_mask"].view(-1, length), reads
+            )
         scores = self.score(self.dropout(pooled)).view(examples, choices)
         if "choice_mask" in batch:  # placeholder candidates of examples with fewer choices
             scores = scores.float().masked_fill(batch["choice_mask"] == 0, torch.finfo(torch.float32).min)

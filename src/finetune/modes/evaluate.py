@@ -23,7 +23,7 @@ def eval_loaders(ctx, datasets: dict) -> dict:
     on_cuda = accelerator.device.type == "cuda"
     return {
         split: accelerator.prepare(build_eval_loader(cfg.trainer, features, ctx.tokenizer, ctx.data.input_format,
-                                                     cfg.task.max_length, cfg.seed, pin_memory=on_cuda))
+                                                     cfg.task.max_length, cfg.seed, pin_memory=on_cuda, on_cuda=on_cuda))
         for split, features in datasets.items()
     }
 

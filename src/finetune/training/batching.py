@@ -1,14 +1,23 @@
 """Data loaders for training and evaluation: batching mode, padding and evaluation order.
 
 `trainer.batching`:
+- `bucketed` (the default): batches of `batch_size` examples of similar length (`trainer.bucket_batches`
+  batches per bucket), so batches carry little padding; the batch order is shuffled.
 - `random`: shuffled examples, `batch_size` per batch, padded to the longest of the batch.
-- `bucketed`: batches of `batch_size` examples of similar length (`trainer.bucket_batches` batches
-  per bucket), so batches carry little padding; the batch order is shuffled.
 - `token_budget`: batches of up to `trainer.max_tokens` padded tokens, sorted by length and packed,
   so short examples come in large batches and long ones in small batches.
+- `packed`: the batches of `random` (shuffled, `batch_size` examples), without padding: every
+  sequence laid end to end in rows of up to `trainer.pack_length` tokens, position ids restarting
+  at each, attention blocked between them (finetune.data.collate.PackedCollator). For the
+  sequence heads (classification, entailment, similarity, multiple choice); span QA windows and
+  language-model blocks are read `bucketed` (blocks have no padding to remove anyway).
 
 Every order is a pure function of (seed, epoch), so a resumed run replays it and skips what it had
-done. Evaluation splits are read longest first (fewer pad tokens); metrics do not depend on order.
+done. Evaluation splits are read longest first (fewer pad tokens), never packed, in every mode:
+metrics do not depend on the training batching.
+
+`trainer.pad_to_multiple_of`: null pads to a multiple of 8 on CUDA (tensor cores) and not at all
+elsewhere (on a CPU it only adds work); any integer overrides that, 1 turns it off.
 """
 
 from __future__ import annotations
@@ -19,7 +28,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from finetune.data.collate import make_collator
+from finetune.config import BATCHING_MODES, FLASH_ATTENTION, PACKED_ATTENTION
+from finetune.data.collate import PACKED_FORMATS, PackedCollator, make_collator
+from finetune.errors import ConfigError
 from finetune.training.sampler import (
     BucketBatchSampler,
     EpochShuffleSampler,
@@ -31,13 +42,38 @@ from finetune.training.sampler import (
 
 log = logging.getLogger(__name__)
 
-BATCHING_MODES = ("random", "bucketed", "token_budget")
+CUDA_PAD_MULTIPLE = 8
 
 
-def padding_multiple(trainer_cfg, max_length: int) -> int | None:
-    """`pad_to_max_length` pads every batch to task.max_length (the run_glue way, for comparison):
-    no sequence is longer, so padding to a multiple of it is exactly that."""
-    return max_length if trainer_cfg.pad_to_max_length else trainer_cfg.pad_to_multiple_of
+def padding_multiple(trainer_cfg, max_length: int, on_cuda: bool = False) -> int | None:
+    """What batches are padded to a multiple of: `pad_to_multiple_of`, or by device when null.
+
+    `pad_to_max_length` pads every batch to task.max_length (the run_glue way, for comparison): no
+    sequence is longer, so padding to a multiple of it is exactly that."""
+    if trainer_cfg.pad_to_max_length:
+        return max_length
+    multiple = trainer_cfg.pad_to_multiple_of
+    if multiple is None:
+        multiple = CUDA_PAD_MULTIPLE if on_cuda else None
+    return multiple if multiple and multiple > 1 else None
+
+
+def training_batching(trainer_cfg, input_format: str) -> str:
+    """The mode training uses: `packed` packs the sequence formats only (see the module docstring)."""
+    mode = trainer_cfg.batching
+    if mode == "packed" and input_format not in PACKED_FORMATS:
+        return "bucketed"
+    return mode
+
+
+def pack_row_tokens(trainer_cfg, max_length: int, attn_implementation: str) -> int | None:
+    """Tokens per packed row: `trainer.pack_length`, else task.max_length (every sequence fits one row).
+
+    FlashAttention finds the sequences from the position ids of a single row only (with several rows
+    it would attend across them), so with it the whole batch is one row (None) whatever pack_length says."""
+    if attn_implementation in FLASH_ATTENTION:
+        return None
+    return trainer_cfg.pack_length or max_length
 
 
 def default_max_tokens(lengths: np.ndarray, counts: np.ndarray, batch_size: int, multiple: int | None) -> int:
@@ -46,18 +82,31 @@ def default_max_tokens(lengths: np.ndarray, counts: np.ndarray, batch_size: int,
     return max(int(np.ceil(batch_size * float(cost.mean()))), int(cost.max()))
 
 
-def build_train_loader(trainer_cfg, dataset, tokenizer, input_format: str, max_length: int, seed: int, pin_memory: bool = False):
-    """(DataLoader, sampler): the sampler is the object whose `set_epoch` picks the epoch's order."""
-    multiple = padding_multiple(trainer_cfg, max_length)
-    collator = make_collator(input_format, tokenizer, multiple)
+def build_train_loader(trainer_cfg, dataset, tokenizer, input_format: str, max_length: int, seed: int, pin_memory: bool = False,
+                       on_cuda: bool = False, attn_implementation: str = "sdpa"):
+    """(DataLoader, sampler): the sampler is the object whose `set_epoch` picks the epoch's order.
+
+    `random` and `packed` batch an `EpochShuffleSampler`'s order of examples (the DataLoader cuts it
+    into batches); the other modes' samplers yield whole batches."""
+    multiple = padding_multiple(trainer_cfg, max_length, on_cuda)
+    mode = training_batching(trainer_cfg, input_format)
+    if mode != trainer_cfg.batching:
+        log.info("trainer.batching=%s packs only sequence tasks: %s features are read in %s batches",
+                 trainer_cfg.batching, input_format, mode)
+    if mode == "packed":
+        if attn_implementation not in PACKED_ATTENTION + FLASH_ATTENTION:
+            raise ConfigError(f"trainer.batching=packed: attention '{attn_implementation}' does not block attention between "
+                             f"packed sequences (use one of {', '.join(PACKED_ATTENTION + FLASH_ATTENTION)})")
+        collator = PackedCollator(input_format, tokenizer, pack_row_tokens(trainer_cfg, max_length, attn_implementation), multiple)
+    else:
+        collator = make_collator(input_format, tokenizer, multiple)
     common = dict(
         collate_fn=collator, num_workers=trainer_cfg.num_workers, pin_memory=pin_memory,
         # Starting an iteration draws a worker seed from the loader's generator; with the default
         # (global) one, a resumed run that restarts mid-epoch would shift the dropout RNG.
         generator=torch.Generator().manual_seed(seed),
     )
-    mode = trainer_cfg.batching
-    if mode == "random":
+    if mode in ("random", "packed"):
         sampler = EpochShuffleSampler(len(dataset), seed)
         return DataLoader(dataset, batch_size=trainer_cfg.batch_size, sampler=sampler, drop_last=False, **common), sampler
     lengths, counts = sequence_lengths(dataset)
@@ -75,13 +124,15 @@ def build_train_loader(trainer_cfg, dataset, tokenizer, input_format: str, max_l
     return DataLoader(dataset, batch_sampler=sampler, **common), sampler
 
 
-def build_eval_loader(trainer_cfg, dataset, tokenizer, input_format: str, max_length: int, seed: int, pin_memory: bool = False):
-    """Evaluation in large batches, longest examples first when `trainer.eval_sort_by_length`.
+def build_eval_loader(trainer_cfg, dataset, tokenizer, input_format: str, max_length: int, seed: int, pin_memory: bool = False,
+                      on_cuda: bool = False):
+    """Evaluation in large padded batches, longest examples first when `trainer.eval_sort_by_length`,
+    whatever `trainer.batching` trains with.
 
     Sorting is safe for metrics: labels (or span `feature_index`) travel in the batch with the
     inputs, and `gather_for_metrics` still drops the duplicates that sharding adds at the end.
     """
-    multiple = padding_multiple(trainer_cfg, max_length)
+    multiple = padding_multiple(trainer_cfg, max_length, on_cuda)
     batch_size = trainer_cfg.eval_batch_size or 4 * trainer_cfg.batch_size
     order = length_sorted(sequence_lengths(dataset)[0]) if trainer_cfg.eval_sort_by_length else None
     return DataLoader(
@@ -94,14 +145,14 @@ def compile_model(model, trainer_cfg):
     """torch.compile in place (parameter names and checkpoints unchanged).
 
     Shapes: `pad_to_multiple_of` leaves a handful of padded lengths, so random and bucketed
-    batching compile statically (one graph per shape); token budgets vary the batch dimension
-    too, so that mode lets dynamo mark shapes dynamic.
+    batching compile statically (one graph per shape); token budgets and packed rows vary the batch
+    dimension too, so those modes let dynamo mark shapes dynamic.
     """
     import torch._dynamo
 
     limit = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"
     setattr(torch._dynamo.config, limit, max(getattr(torch._dynamo.config, limit), 64))
-    dynamic = None if trainer_cfg.batching == "token_budget" else False
+    dynamic = None if trainer_cfg.batching in ("token_budget", "packed") else False
     model.compile(dynamic=dynamic)
     return model
 

@@ -29,6 +29,7 @@ from finetune.training.evaluation import evaluate_split
 from finetune.training.memory import PeakMemory
 from finetune.training.optim import build_optimizer, build_scheduler
 from finetune.training.preemption import Preempted, PreemptionGuard
+from finetune.training.sampler import EpochShuffleSampler
 
 log = logging.getLogger(__name__)
 
@@ -95,8 +96,11 @@ class Trainer:
         # Batching mode, padding and evaluation order: see finetune.training.batching.
         on_cuda = accelerator.device.type == "cuda"
         loader_args = (tokenizer, data.input_format, cfg.task.max_length, cfg.seed)
-        train_loader, self.sampler = build_train_loader(cfg.trainer, data.train, *loader_args, pin_memory=on_cuda)
-        eval_loaders = {split: build_eval_loader(cfg.trainer, ds, *loader_args, pin_memory=on_cuda) for split, ds in data.evals.items()}
+        attention = getattr(getattr(model.backbone, "config", None), "_attn_implementation", None) or cfg.model.attn_implementation
+        train_loader, self.sampler = build_train_loader(cfg.trainer, data.train, *loader_args, pin_memory=on_cuda, on_cuda=on_cuda,
+                                                        attn_implementation=attention)
+        eval_loaders = {split: build_eval_loader(cfg.trainer, ds, *loader_args, pin_memory=on_cuda, on_cuda=on_cuda)
+                        for split, ds in data.evals.items()}
         if on_cuda and cfg.trainer.tf32:
             enable_tf32()
         if cfg.trainer.compile:
@@ -110,7 +114,8 @@ class Trainer:
         # Examples of the epoch order that one micro-batch consumes over all processes (Accelerate
         # hands consecutive batches of the sampler's order to consecutive processes).
         # With a batch sampler (bucketed, token_budget) batches are the unit of the epoch's order.
-        self.world_batch = (cfg.trainer.batch_size if cfg.trainer.batching == "random" else 1) * accelerator.num_processes
+        per_example = isinstance(self.sampler, EpochShuffleSampler)  # random, packed
+        self.world_batch = (cfg.trainer.batch_size if per_example else 1) * accelerator.num_processes
         self.progress.world_batch = self.world_batch
         self.total_steps = cfg.trainer.max_steps or cfg.trainer.epochs * self.steps_per_epoch
         self.epochs = math.ceil(self.total_steps / self.steps_per_epoch)
