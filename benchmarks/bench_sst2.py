@@ -331,11 +331,12 @@ def worker_ceiling(args, setup: str) -> dict:
     if args.train_samples and args.train_samples < len(rows):
         rows = rows.shuffle(seed=args.seed).select(range(args.train_samples))  # the Trainer rows' subset
     tokenizer = AutoTokenizer.from_pretrained(MINI_MODEL)
-    ids = tokenizer(rows["sentence"], max_length=128, truncation=True)["input_ids"]
+    ids = tokenizer(list(rows["sentence"]), max_length=128, truncation=True)["input_ids"]
     length = max(1, round(sum(map(len, ids)) / len(ids)))
     stream = torch.tensor([t for x in ids for t in x])
     batches = stream[: len(stream) // (length * args.batch_size) * length * args.batch_size].view(-1, args.batch_size, length)
     labels = torch.tensor([int(label) for label in rows["label"]])
+    batches = batches[: len(labels) // args.batch_size]  # at most one batch of labels per batch_size sentences
     if args.model == "gpt2-small-random":
         config = GPT2Config(vocab_size=len(tokenizer), num_labels=2, pad_token_id=tokenizer.eos_token_id, **GPT2_SMALL)
         config._attn_implementation = "sdpa"

@@ -38,6 +38,9 @@ DEV_SIZE = 101
 COMMON = [
     "experiment=quickstart", "trainer.max_steps=6", "trainer.eval_every=3", f"trainer.max_eval_samples={DEV_SIZE}",
     "trainer.progress_bar=false", "trainer.log_every=3", "model.dropout=0", "model.head_dropout=0", "seed=3",
+    # Random batches: 2 x 8 examples are the 16 of the one-process step. (Bucketed batches are whole
+    # batches per process, so a 2-process step holds two buckets where one process holds one.)
+    "trainer.batching=random",
 ]
 # Microsecond timestamps: without the agreement in finetune.distributed, two ranks would always
 # compose two different run directories (not just when they straddle a second).

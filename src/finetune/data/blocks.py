@@ -23,6 +23,7 @@ import numpy as np
 import pyarrow.compute as pc
 from datasets import Dataset
 
+from finetune.data.cache import tokenize_map
 from finetune.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -91,9 +92,8 @@ def featurize(rows: Dataset, tokenizer, task, training: bool, where: str) -> tup
                         f"and columns.label, or neither")
     stride = None if training else check_stride(dict(task.head_args), length)
     log.info("tokenizing %s (%d documents)", where, len(rows))
-    tokens = rows.map(document_tokens, batched=True, remove_columns=rows.column_names,
-                      fn_kwargs={"tokenizer": tokenizer, "max_length": length, "args": {}, "training": training},
-                      desc=f"Tokenizing {where}")
+    tokens = tokenize_map(rows, document_tokens, tokenizer, {"max_length": length, "args": {}, "training": training},
+                          batched=True, remove_columns=rows.column_names, desc=f"Tokenizing {where}")
     total = int(pc.sum(pc.list_value_length(tokens.data.column("input_ids"))).as_py() or 0)
     if total < length:
         raise DataError(f"{where}: {total} tokens ({len(tokens)} documents, one end-of-text token each) make no block of "

@@ -9,6 +9,7 @@ from datasets import Dataset
 from omegaconf import OmegaConf
 
 from finetune.data import blocks, span
+from finetune.data.cache import tokenize_map
 from finetune.data.columns import LabelEncoder, check_columns, standardize
 from finetune.data.features import FEATURIZERS
 from finetune.data.sources import load_splits, task_source
@@ -153,12 +154,10 @@ def featurize(rows: Dataset, input_format: str, tokenizer, task, training: bool,
         rows = rows.add_column("index", list(range(len(rows))))
     keep = {"label", "index"}
     log.info("tokenizing %s (%d rows)", where, len(rows))
-    features = rows.map(
-        FEATURIZERS[input_format],
-        batched=True,
-        remove_columns=[c for c in rows.column_names if c not in keep],
-        fn_kwargs={"tokenizer": tokenizer, "max_length": task.max_length, "args": dict(task.head_args), "training": training},
-        desc=f"Tokenizing {where}",
+    features = tokenize_map(
+        rows, FEATURIZERS[input_format], tokenizer,
+        {"max_length": task.max_length, "args": dict(task.head_args), "training": training},
+        batched=True, remove_columns=[c for c in rows.column_names if c not in keep], desc=f"Tokenizing {where}",
     )
     truncated = int(sum(features["truncated"]))
     features = features.remove_columns("truncated")

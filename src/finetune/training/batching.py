@@ -9,8 +9,10 @@
 - `packed`: the batches of `random` (shuffled, `batch_size` examples), without padding: every
   sequence laid end to end in rows of up to `trainer.pack_length` tokens, position ids restarting
   at each, attention blocked between them (finetune.data.collate.PackedCollator). For the
-  sequence heads (classification, entailment, similarity, multiple choice); span QA windows and
-  language-model blocks are read `bucketed` (blocks have no padding to remove anyway).
+  sequence heads (classification, entailment, similarity, multiple choice); span QA windows are
+  read `bucketed`.
+
+Language-model blocks all have task.max_length tokens, so every mode reads them in `random` order.
 
 Every order is a pure function of (seed, epoch), so a resumed run replays it and skips what it had
 done. Evaluation splits are read longest first (fewer pad tokens), never packed, in every mode:
@@ -59,8 +61,12 @@ def padding_multiple(trainer_cfg, max_length: int, on_cuda: bool = False) -> int
 
 
 def training_batching(trainer_cfg, input_format: str) -> str:
-    """The mode training uses: `packed` packs the sequence formats only (see the module docstring)."""
+    """The mode training uses. Language-model blocks all have task.max_length tokens: there is no
+    length to group by or padding to remove, so every mode reads them in `random` order (a shuffled
+    epoch). `packed` packs the sequence formats only; span QA windows are read `bucketed`."""
     mode = trainer_cfg.batching
+    if input_format == "blocks":
+        return "random"
     if mode == "packed" and input_format not in PACKED_FORMATS:
         return "bucketed"
     return mode
@@ -91,7 +97,7 @@ def build_train_loader(trainer_cfg, dataset, tokenizer, input_format: str, max_l
     multiple = padding_multiple(trainer_cfg, max_length, on_cuda)
     mode = training_batching(trainer_cfg, input_format)
     if mode != trainer_cfg.batching:
-        log.info("trainer.batching=%s packs only sequence tasks: %s features are read in %s batches",
+        log.info("trainer.batching=%s: %s features are read in %s batches (see finetune.training.batching)",
                  trainer_cfg.batching, input_format, mode)
     if mode == "packed":
         if attn_implementation not in PACKED_ATTENTION + FLASH_ATTENTION:
