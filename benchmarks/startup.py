@@ -4,7 +4,8 @@
 Runs `train.py` once (SST-2, the mini pretrained backbone, `trainer.max_steps=1`, the full dev
 set, the `datasets` cache warm from a first, unmeasured run) under `python -X importtime`, and
 prints one table: the imports of each library (cumulative, in the order the run first imports
-them, so a library's line leaves out what an earlier one already imported), then the phases of the
+them: a library's line leaves out what an earlier one already imported, so `evaluate` carries
+transformers' pipelines and model code, which it imports), then the phases of the
 run from the timestamps of its log: reading and checking the rows and tokenizing (cached) each
 split, loading the model and estimating memory, the one training step, and evaluation, export and
 exit. The whole job is measured from outside (process start to exit).
@@ -78,7 +79,7 @@ def main(argv=None) -> None:
         if proc.returncode != 0:
             raise SystemExit(proc.stderr[-3000:])
         marks = phases((Path(tmp) / "run" / "train.log").read_text())
-    rows = [(f"import {name}", seconds) for name, seconds in imports(proc.stderr)]
+    rows = [(f"import {name} (on top of the libraries above it)", seconds) for name, seconds in imports(proc.stderr) if seconds >= 0.01]
     first = datetime.fromtimestamp(start_wall)
     previous, label = first, "imports, Hydra, config checks, reading and checking the training rows"
     for message, when in marks:
@@ -97,7 +98,7 @@ def main(argv=None) -> None:
     for name, seconds in rows:
         print(f"| {name} | {seconds:.2f} |")
     print(f"| **whole job (process start to exit)** | **{whole:.2f}** |")
-    print("(import lines overlap the first phase line: they are part of it)")
+    print("(the import lines are part of the first phase line, not added to it)")
 
 
 if __name__ == "__main__":
