@@ -28,14 +28,13 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("FINETUNE_SHARED_DATA", ROOT.parent / "shared" / "data"))
 MINI_MODEL = SHARED_DATA / "models" / "gpt2-mini-pretrained"
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_sst2 import PeakMemory  # noqa: E402  (same measuring as the SST-2 benchmark)
+from bench_sst2 import PeakMemory, measuring_callback  # noqa: E402  (same measuring as the SST-2 benchmark)
 
 
 def overrides(args) -> list[str]:
@@ -93,7 +92,7 @@ def worker_ours(args) -> dict:
 
 def worker_trainer(args) -> dict:
     import torch
-    from transformers import GPT2LMHeadModel, Trainer, TrainerCallback, TrainingArguments, default_data_collator, set_seed
+    from transformers import GPT2LMHeadModel, Trainer, TrainingArguments, default_data_collator, set_seed
 
     from finetune.data.pipeline import prepare
     from finetune.hub import set_offline_mode
@@ -121,20 +120,7 @@ def worker_trainer(args) -> dict:
         report_to="none", disable_tqdm=True, dataloader_num_workers=0, use_cpu=not cuda, bf16=cuda, tf32=True if cuda else None,
     )
     measured = {}
-
-    class Measure(TrainerCallback):
-        def on_train_begin(self, *a, **k):
-            measured["memory"] = PeakMemory(args.device)
-            measured["memory"].start()
-            measured["start"] = time.perf_counter()
-
-        def on_train_end(self, *a, **k):
-            if cuda:
-                torch.cuda.synchronize()
-            measured["train_s"] = time.perf_counter() - measured["start"]
-            measured["peak_mib"] = measured["memory"].stop()
-
-    trainer = Trainer(model=model, args=training_args, train_dataset=train, data_collator=default_data_collator, callbacks=[Measure()])
+    trainer = Trainer(model=model, args=training_args, train_dataset=train, data_collator=default_data_collator, callbacks=[measuring_callback(measured, args.device)])
     trainer.train()
     loss = trainer.evaluate(validation)["eval_loss"]
     return {"train_s": measured["train_s"], "blocks": args.steps * args.batch_size, "perplexity": math.exp(loss),

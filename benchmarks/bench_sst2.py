@@ -121,6 +121,26 @@ class PeakMemory:
         return self.so_far()
 
 
+def measuring_callback(measured: dict, device: str):
+    """A Trainer callback that puts the training seconds and peak memory (as PeakMemory) into `measured`."""
+    import torch
+    from transformers import TrainerCallback
+
+    class Measure(TrainerCallback):
+        def on_train_begin(self, *a, **k):
+            measured["memory"] = PeakMemory(device)
+            measured["memory"].start()
+            measured["start"] = time.perf_counter()
+
+        def on_train_end(self, *a, **k):
+            if device == "cuda":
+                torch.cuda.synchronize()
+            measured["train_s"] = time.perf_counter() - measured["start"]
+            measured["peak_mib"] = measured["memory"].stop()
+
+    return Measure()
+
+
 class TokenCounter:
     """Wraps a collator: real and padded (computed) tokens of every training batch, padded or packed."""
 
@@ -227,7 +247,6 @@ def worker_trainer(args, setup: str) -> dict:
         GPT2Config,
         GPT2ForSequenceClassification,
         Trainer,
-        TrainerCallback,
         TrainingArguments,
         default_data_collator,
         set_seed,
@@ -281,20 +300,7 @@ def worker_trainer(args, setup: str) -> dict:
     )
     counter = TokenCounter(collator)
     measured = {}
-
-    class Measure(TrainerCallback):
-        def on_train_begin(self, *a, **k):
-            measured["memory"] = PeakMemory(args.device)
-            measured["memory"].start()
-            measured["start"] = time.perf_counter()
-
-        def on_train_end(self, *a, **k):
-            if cuda:
-                torch.cuda.synchronize()
-            measured["train_s"] = time.perf_counter() - measured["start"]
-            measured["peak_mib"] = measured["memory"].stop()
-
-    trainer = Trainer(model=model, args=training_args, train_dataset=train, data_collator=counter, callbacks=[Measure()])
+    trainer = Trainer(model=model, args=training_args, train_dataset=train, data_collator=counter, callbacks=[measuring_callback(measured, args.device)])
     trainer.train()
     train_tokens = (counter.real, counter.padded, counter.batches)
     start = time.perf_counter()
