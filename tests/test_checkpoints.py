@@ -113,14 +113,15 @@ def _wait_for_checkpoint(process: subprocess.Popen, checkpoints: Path, at_least:
         time.sleep(0.02)
 
 
-def _assert_resumed_run_equals_the_straight_one(straight_dir: Path, resumed_dir: Path, resumed_at: int) -> None:
+def _assert_resumed_run_equals_the_straight_one(straight_dir: Path, resumed_dir: Path) -> None:
     assert_same_weights(straight_dir / "model" / "model.safetensors", resumed_dir / "model" / "model.safetensors")
     assert_same_weights(straight_dir / "checkpoints" / "step-40" / "model.safetensors",
                         resumed_dir / "checkpoints" / "step-40" / "model.safetensors")
     a = json.loads((straight_dir / "metrics.json").read_text())
     b = json.loads((resumed_dir / "metrics.json").read_text())
+    # The best step may come before or after the stop (the stop step is random): either way the export
+    # must be the straight run's; the step-40 weights above show the steps after the resume are exact.
     assert a["eval"] == b["eval"] and a["best_step"] == b["best_step"]
-    assert a["best_step"] > resumed_at  # so the exported model above was trained after the resume
     assert [h["step"] for h in a["history"]] == [5, 10, 15, 20, 25, 30, 35, 40] == [h["step"] for h in b["history"]]
     assert a["history"] == b["history"]
     assert a["train"]["steps"] == b["train"]["steps"] == 40
@@ -148,7 +149,7 @@ def test_kill_9_mid_epoch_then_resume_latest_gives_the_uninterrupted_weights_and
     assert resumed.returncode == 0, resumed_err[-3000:]
     epoch, batch = divmod(latest, STEPS_PER_EPOCH)
     assert f"resumed from step {latest} (epoch {epoch}, batch {batch} of the epoch)" in log_text(killed_dir)
-    _assert_resumed_run_equals_the_straight_one(straight_run(), killed_dir, latest)
+    _assert_resumed_run_equals_the_straight_one(straight_run(), killed_dir)
 
 
 def test_sigterm_twice_at_a_random_step_checkpoints_that_step_then_resumes_bitwise(tmp_path, straight_run):
@@ -184,7 +185,7 @@ def test_sigterm_twice_at_a_random_step_checkpoints_that_step_then_resumes_bitwi
     _, resumed_err = resumed.communicate(timeout=400)
     assert resumed.returncode == 0, resumed_err[-3000:]
     assert f"resumed from step {stopped_at} " in log_text(stopped_dir)
-    _assert_resumed_run_equals_the_straight_one(straight_run(), stopped_dir, stopped_at)
+    _assert_resumed_run_equals_the_straight_one(straight_run(), stopped_dir)
 
 
 # ------------------------------------------------------------------- broken newest checkpoint
