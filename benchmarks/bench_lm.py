@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("FINETUNE_SHARED_DATA", ROOT.parent / "shared" / "data"))
 MINI_MODEL = SHARED_DATA / "models" / "gpt2-mini-pretrained"
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_sst2 import PeakMemory, measuring_callback  # noqa: E402  (same measuring as the SST-2 benchmark)
+from bench_sst2 import PeakMemory, finish_report, measuring_callback  # noqa: E402  (same measuring as the SST-2 benchmark)
 
 
 def overrides(args) -> list[str]:
@@ -203,10 +203,7 @@ def main(argv=None) -> None:
                      f"{r['eval_blocks']} | {ratio} |")
     print(header)
     print("\n".join(lines))
-    loads = [r["load_before"] for r in results] + [r["load_after"] for r in results]
-    print(f"1-minute load average during the runs: {min(loads):.1f} to {max(loads):.1f} on {os.cpu_count()} CPUs")
-    if args.json:
-        args.json.write_text(json.dumps({"header": header, "results": results, "argv": sys.argv[1:]}, indent=2) + "\n")
+    finish_report(results, header, args)
 
 
 if __name__ == "__main__":

@@ -417,6 +417,14 @@ def run_setup(args, setup: str) -> dict:
     return result
 
 
+def finish_report(results: list[dict], header: str, args) -> None:
+    """The machine load during the runs (timings mean little on a busy machine), and --json."""
+    loads = [r["load_before"] for r in results] + [r["load_after"] for r in results]
+    print(f"1-minute load average during the runs: {min(loads):.1f} to {max(loads):.1f} on {os.cpu_count()} CPUs")
+    if args.json:
+        args.json.write_text(json.dumps({"header": header, "results": results, "argv": sys.argv[1:]}, indent=2) + "\n")
+
+
 def table(results: list[dict], args) -> str:
     """One row per setup; ratios against the peer (trainer-grouped): training examples/s and whole job."""
     by_setup = {r["setup"]: r for r in results}
@@ -522,10 +530,7 @@ def main(argv=None) -> None:
     text = table(results, args)
     print(header)
     print(text)
-    loads = [r["load_before"] for r in results] + [r["load_after"] for r in results]
-    print(f"1-minute load average during the runs: {min(loads):.1f} to {max(loads):.1f} on {os.cpu_count()} CPUs")
-    if args.json:
-        args.json.write_text(json.dumps({"header": header, "results": results, "argv": sys.argv[1:]}, indent=2) + "\n")
+    finish_report(results, header, args)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 
 from finetune.generation import sample_hooks
-from finetune.modes.outcome import Outcome
+from finetune.modes.outcome import Outcome, split_lines
 from finetune.setup import setup
 from finetune.training.batching import build_eval_loader
 from finetune.training.evaluation import evaluate_split
@@ -50,9 +50,6 @@ def run(cfg) -> Outcome:
         "model": ctx.model_source,
         "data": ctx.data.stats,
     }
-    summary = [
-        f"{split}: " + ", ".join(f"{k}={v:.4f}" for k, v in result.items() if k != "num_examples")
-        + f" ({result['num_examples']} examples)" for split, result in results.items()
-    ]
+    summary = split_lines(results)
     summary += [f"samples ({len(samples)}) in samples.jsonl"] if samples else []
     return Outcome(ctx, metrics, summary)

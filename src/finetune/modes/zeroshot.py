@@ -24,7 +24,7 @@ from finetune.data.prompts import Prompt
 from finetune.data.sources import task_source
 from finetune.models.heads import HEADS
 from finetune.models.scoring import ScoringStats, greedy_until, loglikelihood
-from finetune.modes.outcome import Outcome
+from finetune.modes.outcome import Outcome, split_lines
 from finetune.setup import language_model_setup
 from finetune.training.evaluation import load_metrics
 
@@ -207,10 +207,7 @@ def run(cfg) -> Outcome:
         "model": ctx.model_source,
         "data": ctx.data.stats,
     }
-    summary = [
-        f"{split}: " + ", ".join(f"{k}={v:.4f}" for k, v in result.items() if k != "num_examples")
-        + f" ({result['num_examples']} examples)" for split, result in results.items()
-    ]
+    summary = split_lines(results)
     summary.append(f"{shots}-shot: {stats.requests} requests, {stats.tokens} tokens in {stats.seconds:.1f} s "
                    f"({stats.tokens_per_second:.0f} tokens/s)")
     summary.append("predictions/<split>.jsonl: every candidate's log-likelihood per example")
