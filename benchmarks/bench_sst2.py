@@ -14,13 +14,17 @@ the same model, learning rate, batch size, seed and one epoch:
                    finetune.run.run (the Trainer class of finetune.training.loop).
   ceiling          no framework: a bare forward+backward+AdamW loop over pre-made full batches with no
                    padding (the same real tokens per step as an average batch, cut from the same
-                   training sentences), the most real tokens/s this model and device give.
+                   training sentences), the most real tokens/s this model and device give (on CPU
+                   with the malloc setting of our CPU runs, finetune.training.allocator).
 
 `--ablation` adds, for context:
   trainer-glue     the Trainer as run_glue.py configures it by default: every example padded to 128, fp32.
   trainer-tuned    the Trainer with dynamic padding and SDPA but random order (no length grouping).
+  trainer-grouped-reuse  trainer-grouped with glibc's malloc set as our CPU runs set it (mmap threshold 32 MiB,
+                   trim threshold 1 GiB: the MALLOC_MMAP_THRESHOLD_ / MALLOC_TRIM_THRESHOLD_ variables).
   ours-pad128 / ours-random / ours-token_budget / ours-packed   our loop padded to 128, in random order
                    with dynamic padding, in token-budget batches, and in padding-free packed rows.
+  ours-bucketed-system  our default with glibc's default malloc (`trainer.reuse_host_memory=false`).
 
 It prints one table: the whole job (process start to exit: imports, data loading and tokenization,
 training, dev evaluation, saving the model), training seconds, examples/s, real and padded tokens/s,
@@ -59,17 +63,21 @@ SETUPS = {
     "trainer-glue": "HF Trainer, run_glue defaults (pad 128, fp32)",
     "trainer-tuned": "HF Trainer, dynamic padding, SDPA, random order",
     "trainer-grouped": "HF Trainer, dynamic padding, SDPA, group_by_length{cuda}",
+    "trainer-grouped-reuse": "trainer-grouped, glibc malloc as our CPU runs set it",
     "ours-pad128": "finetune, padded to 128 (random order)",
     "ours-random": "finetune, dynamic padding (random order)",
     "ours-bucketed": "finetune default: length-bucketed batches",
+    "ours-bucketed-system": "finetune default, glibc's default malloc",
     "ours-token_budget": "finetune, token-budget batches",
     "ours-packed": "finetune, padding-free packed rows",
     "ceiling": "bare forward+backward loop, full batches, no padding",
 }
 PEER = "trainer-grouped"
 DEFAULT_SETUPS = ["trainer-grouped", "ours-bucketed", "ceiling"]
-ABLATION_SETUPS = ["trainer-glue", "trainer-tuned", "trainer-grouped", "ours-pad128", "ours-random", "ours-bucketed",
-                   "ours-token_budget", "ours-packed", "ceiling"]
+ABLATION_SETUPS = ["trainer-glue", "trainer-tuned", "trainer-grouped", "trainer-grouped-reuse", "ours-pad128", "ours-random",
+                   "ours-bucketed", "ours-bucketed-system", "ours-token_budget", "ours-packed", "ceiling"]
+# What finetune.training.allocator does on CPU, as glibc's environment variables (read at process start).
+GLIBC_REUSE_ENV = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}
 
 
 # ----------------------------------------------------------------------------- measuring
@@ -170,7 +178,7 @@ def worker_ours(args, setup: str) -> dict:
     from finetune.config import register_configs
     from finetune.run import run
 
-    batching = {"ours-pad128": "random"}.get(setup, setup.removeprefix("ours-"))
+    batching = {"ours-pad128": "random", "ours-bucketed-system": "bucketed"}.get(setup, setup.removeprefix("ours-"))
     cuda = args.device == "cuda"
     overrides = [
         "task=sst2", f"data_dir={SHARED_DATA}", "offline=true", f"seed={args.seed}",
@@ -181,6 +189,7 @@ def worker_ours(args, setup: str) -> dict:
         "trainer.tracker=null", "trainer.progress_bar=false", "trainer.log_every=50", "trainer.save_total_limit=1",
         f"optim.lr={args.lr}", f"optim.weight_decay={args.weight_decay}", f"optim.warmup_ratio={args.warmup_ratio}",
         "model.head_dropout=0.0",  # GPT2ForSequenceClassification has no dropout before its score layer
+        f"trainer.reuse_host_memory={setup != 'ours-bucketed-system'}",
     ]
     if args.max_tokens:
         overrides.append(f"trainer.max_tokens={args.max_tokens}")
@@ -253,8 +262,8 @@ def worker_trainer(args, setup: str) -> dict:
     )
 
     cuda = args.device == "cuda"
-    tuned = setup in ("trainer-tuned", "trainer-grouped")  # dynamic padding, SDPA (and bf16/TF32 on CUDA)
-    grouped = setup == "trainer-grouped"
+    tuned = setup in ("trainer-tuned", "trainer-grouped", "trainer-grouped-reuse")  # dynamic padding, SDPA (and bf16/TF32 on CUDA)
+    grouped = setup in ("trainer-grouped", "trainer-grouped-reuse")
     set_seed(args.seed)
     raw = load_dataset(
         "csv", data_files={"train": str(SST2 / "train.tsv"), "validation": str(SST2 / "dev.tsv")},
@@ -352,6 +361,10 @@ def worker_ceiling(args, setup: str) -> dict:
                                                                    attn_implementation="sdpa")
     model.config.pad_token_id = -1  # never found: every row pools its last token
     model.to(device).train()
+    if not cuda:  # the best a bare CPU loop gets: the allocator setting of our CPU runs
+        from finetune.training.allocator import reuse_freed_host_memory
+
+        reuse_freed_host_memory()
     if cuda:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
@@ -400,7 +413,7 @@ def worker(args) -> None:
 def run_setup(args, setup: str) -> dict:
     command = [sys.executable, str(Path(__file__).resolve()), "--worker", setup, *args.passthrough]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-           "TRANSFORMERS_VERBOSITY": "error"}
+           "TRANSFORMERS_VERBOSITY": "error", **(GLIBC_REUSE_ENV if setup == "trainer-grouped-reuse" else {})}
     load = os.getloadavg()[0]
     start = time.perf_counter()
     proc = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT)

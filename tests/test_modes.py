@@ -15,6 +15,7 @@ from omegaconf import OmegaConf
 
 from conftest import CONFIG_DIR, TINY_FAST
 from finetune.modes import MODES
+from finetune.training import allocator
 from test_bad_inputs import SST2_DEV, SST2_HEADER, SST2_TRAIN, assert_one_line_error, lines, sst2_dir, train_in_process, write
 
 QUICK = ["experiment=quickstart", *TINY_FAST, "trainer.max_train_samples=96", "trainer.max_eval_samples=40",
@@ -233,6 +234,7 @@ def test_a_run_records_environment_curves_and_a_model_card(trained):
     run_dir, metrics = trained
     env = metrics["environment"]
     assert env["num_processes"] == 1 and env["mixed_precision"] == "no" and env["device"] == "cpu"
+    assert env["host_allocator"] == ("reuse" if allocator._glibc() is not None else "system")  # trainer.reuse_host_memory
     assert {"torch", "transformers", "accelerate", "datasets"} <= set(env["packages"])
     assert env["python"].count(".") == 2 and "trainer.max_steps=12" in env["overrides"]
     assert env["git_commit"] is None or len(env["git_commit"]) == 40

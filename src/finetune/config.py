@@ -195,6 +195,9 @@ class TrainerConfig:
     num_workers: int = 0
     progress_bar: bool = True
     cpu: bool = False  # force CPU even when a GPU is present
+    # CPU: glibc malloc reuses freed blocks instead of an mmap per large tensor and a page fault per
+    # page every step (finetune.training.allocator); false = glibc's defaults.
+    reuse_host_memory: bool = True
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
 
 

@@ -26,6 +26,7 @@ from finetune.models.backbone import (
 from finetune.models.heads import HEADS
 from finetune.models.lora import apply_lora, base_reference
 from finetune.models.task_model import MANIFEST, TaskModel, build_head, open_trained, trained_manifest
+from finetune.training.allocator import configure_host_allocator
 
 log = logging.getLogger("finetune")
 
@@ -49,7 +50,7 @@ def make_accelerator(cfg, run_dir: Path) -> Accelerator:
     mixed_precision = cfg.trainer.mixed_precision
     if mixed_precision == "auto":  # bf16 autocast (fp32 master weights) where it pays: a bf16-capable GPU
         mixed_precision = "bf16" if not use_cpu and torch.cuda.is_bf16_supported() else "no"
-    return Accelerator(
+    accelerator = Accelerator(
         cpu=use_cpu,
         mixed_precision=mixed_precision,
         # Batches come from pinned memory on CUDA (see training.batching): copy them without a host sync.
@@ -59,6 +60,8 @@ def make_accelerator(cfg, run_dir: Path) -> Accelerator:
         log_with=cfg.trainer.tracker or None,
         project_dir=str(run_dir),
     )
+    configure_host_allocator(cfg.trainer.reuse_host_memory, accelerator.device.type)
+    return accelerator
 
 
 def task_labels(task) -> list[str] | None:

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 
+from finetune.training.allocator import host_allocator
+
 PACKAGES = ("torch", "transformers", "accelerate", "datasets", "evaluate", "hydra-core", "tokenizers", "peft")
 
 
@@ -79,6 +81,7 @@ def describe(accelerator, root: Path) -> dict:
         "num_processes": accelerator.num_processes,
         "distributed_type": str(accelerator.distributed_type.value if hasattr(accelerator.distributed_type, "value") else accelerator.distributed_type),
         "mixed_precision": str(accelerator.mixed_precision),
+        "host_allocator": host_allocator(),
         "git_commit": git_commit(root),
         "overrides": _overrides(),
         "command": [Path(sys.argv[0]).name, *sys.argv[1:]] if sys.argv else [],
