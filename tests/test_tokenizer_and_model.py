@@ -22,6 +22,23 @@ def test_pad_token_is_set_on_tokenizer_and_model_config():
     assert next(backbone.parameters()).dtype == torch.float32
 
 
+@pytest.mark.parametrize("fused", [True, False])
+def test_gpt2_gelu_trains_as_the_fused_kernel_of_the_same_function(fused):
+    """model.fused_gelu: gelu_new becomes torch's fused tanh GELU, to float rounding the same backbone."""
+    cfg = compose_config(["model=tiny", f"model.fused_gelu={fused}"])
+    tokenizer, base_vocab = load_tokenizer(cfg.model, offline=True)
+    torch.manual_seed(0)
+    backbone = load_backbone(cfg.model, tokenizer, base_vocab, offline=True).eval()
+    assert backbone.config.activation_function == ("gelu_pytorch_tanh" if fused else "gelu_new")
+    assert type(backbone.h[0].mlp.act).__name__ == ("GELUTanh" if fused else "NewGELUActivation")
+    reference = GPT2Model(GPT2Config(**{**backbone.config.to_dict(), "activation_function": "gelu_new"})).eval()
+    reference.load_state_dict(backbone.state_dict())
+    ids = torch.tensor([tokenizer("a film that is good and long enough")["input_ids"]])
+    with torch.no_grad():
+        ours, theirs = backbone(input_ids=ids).last_hidden_state, reference(input_ids=ids).last_hidden_state
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
+
+
 def test_gpt1_tokens_are_added_and_embeddings_resized():
     cfg = compose_config(["model=tiny", "model.gpt1_tokens=true"])
     tokenizer, base_vocab = load_tokenizer(cfg.model, offline=True)

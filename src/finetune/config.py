@@ -121,6 +121,9 @@ class ModelConfig:
     head_dropout: float = 0.1
     dropout: Optional[float] = None  # backbone dropout (GPT-2: resid/embd/attn_pdrop); None = the checkpoint's
     attn_implementation: str = "sdpa"
+    # Train GPT-2's gelu_new as torch's fused tanh GELU (the same formula to float rounding; a third less
+    # activation memory, finetune.models.backbone). Off by default until the benchmark tables are re-measured with it.
+    fused_gelu: bool = False
     trust_remote_code: bool = False
     # Recompute each block's activations in the backward pass instead of keeping them (non-reentrant
     # torch checkpointing through transformers' activation_checkpointing_enable): less memory, ~30% more compute.

@@ -79,6 +79,16 @@ def _dropout_overrides(model_cfg) -> dict:
     return {} if dropout is None else {name: float(dropout) for name in DROPOUT_ATTRIBUTES}
 
 
+def _fuse_gelu(model_cfg, config) -> None:
+    """`model.fused_gelu`: GPT-2's `gelu_new` (the tanh GELU written as eight tensor operations, most
+    of them keeping a tensor for the backward pass) becomes transformers' `gelu_pytorch_tanh`, torch's fused
+    kernel of the same formula (at most 4.8e-7 apart in fp32): the activations a training step keeps
+    fall by a third (mini model, batch 32 x 60: 250 -> 160 MiB), and the step is a few percent
+    faster (README). The export's config names the function it was trained with. Off by default for now."""
+    if model_cfg.fused_gelu and getattr(config, "activation_function", None) == "gelu_new":
+        config.activation_function = "gelu_pytorch_tanh"
+
+
 def load_backbone(model_cfg, tokenizer, base_vocab: int, offline: bool) -> torch.nn.Module:
     """The pretrained (or, with from_scratch, randomly initialised) decoder, in fp32."""
     if model_cfg.from_scratch:
@@ -88,6 +98,7 @@ def load_backbone(model_cfg, tokenizer, base_vocab: int, offline: bool) -> torch
         overrides.update(_dropout_overrides(model_cfg))
         config = GPT2Config(vocab_size=base_vocab, bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id, **overrides)
         config._attn_implementation = model_cfg.attn_implementation
+        _fuse_gelu(model_cfg, config)
         backbone = GPT2Model(config)
     else:
         name = _check_source(model_cfg.name_or_path, "model.name_or_path", offline, "model")
@@ -103,6 +114,7 @@ def load_backbone(model_cfg, tokenizer, base_vocab: int, offline: bool) -> torch
             for key, value in _dropout_overrides(model_cfg).items():
                 if hasattr(config, key):
                     setattr(config, key, value)
+            _fuse_gelu(model_cfg, config)
             backbone = AutoModel.from_pretrained(
                 name,
                 config=config,
