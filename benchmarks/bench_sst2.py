@@ -53,6 +53,8 @@ import threading
 import time
 from pathlib import Path
 
+from finetune.training import allocator  # ctypes and logging only: the driver stays light
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("FINETUNE_SHARED_DATA", ROOT.parent / "shared" / "data"))
 MINI_MODEL = SHARED_DATA / "models" / "gpt2-mini-pretrained"
@@ -77,7 +79,7 @@ DEFAULT_SETUPS = ["trainer-grouped", "ours-bucketed", "ceiling"]
 ABLATION_SETUPS = ["trainer-glue", "trainer-tuned", "trainer-grouped", "trainer-grouped-reuse", "ours-pad128", "ours-random",
                    "ours-bucketed", "ours-bucketed-system", "ours-token_budget", "ours-packed", "ceiling"]
 # What finetune.training.allocator does on CPU, as glibc's environment variables (read at process start).
-GLIBC_REUSE_ENV = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}
+GLIBC_REUSE_ENV = {"MALLOC_MMAP_THRESHOLD_": str(allocator.MMAP_THRESHOLD), "MALLOC_TRIM_THRESHOLD_": str(allocator.TRIM_THRESHOLD)}
 
 
 # ----------------------------------------------------------------------------- measuring
@@ -262,8 +264,8 @@ def worker_trainer(args, setup: str) -> dict:
     )
 
     cuda = args.device == "cuda"
-    tuned = setup in ("trainer-tuned", "trainer-grouped", "trainer-grouped-reuse")  # dynamic padding, SDPA (and bf16/TF32 on CUDA)
-    grouped = setup in ("trainer-grouped", "trainer-grouped-reuse")
+    grouped = setup.startswith("trainer-grouped")  # trainer-grouped and trainer-grouped-reuse
+    tuned = grouped or setup == "trainer-tuned"  # dynamic padding, SDPA (and bf16/TF32 on CUDA)
     set_seed(args.seed)
     raw = load_dataset(
         "csv", data_files={"train": str(SST2 / "train.tsv"), "validation": str(SST2 / "dev.tsv")},
@@ -361,13 +363,11 @@ def worker_ceiling(args, setup: str) -> dict:
                                                                    attn_implementation="sdpa")
     model.config.pad_token_id = -1  # never found: every row pools its last token
     model.to(device).train()
-    if not cuda:  # the best a bare CPU loop gets: the allocator setting of our CPU runs
-        from finetune.training.allocator import reuse_freed_host_memory
-
-        reuse_freed_host_memory()
     if cuda:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+    else:  # the best a bare CPU loop gets: the allocator setting of our CPU runs
+        allocator.reuse_freed_host_memory()
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay, fused=True)
     batches = batches.to(device)
     targets = labels[: batches.shape[0] * args.batch_size].view(-1, args.batch_size).to(device)
