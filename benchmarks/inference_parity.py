@@ -24,8 +24,8 @@ from omegaconf import OmegaConf, open_dict
 def framework_predictions(run_dir: Path, examples: int | None):
     """(prediction rows, standardised dev rows, labels) the way mode=predict computes them."""
     from finetune.inference import predict_rows
-    from finetune.modes.evaluate import eval_loaders
     from finetune.setup import setup
+    from finetune.training.batching import eval_loaders
 
     cfg = OmegaConf.load(run_dir / "config.yaml")
     with open_dict(cfg):
@@ -36,9 +36,10 @@ def framework_predictions(run_dir: Path, examples: int | None):
         cfg.trainer.tracker = None
         cfg.paths.output_dir = str(run_dir / "parity")
     split = cfg.task.eval_splits[0]
-    ctx = setup(cfg, train_split=None, eval_splits=[split], trained=True)
+    ctx = setup(cfg, train_split=None, eval_splits=[split], weights="fine_tuned")
     model = ctx.model.to(ctx.accelerator.device)
-    loader = eval_loaders(ctx, ctx.data.evals)[split]
+    loader = eval_loaders(cfg.trainer, ctx.data.evals, ctx.tokenizer, ctx.data.input_format, cfg.task.max_length, cfg.seed,
+                          ctx.accelerator)[split]
     rows = ctx.data.examples[split]
     _, predictions = predict_rows(ctx.accelerator, model, loader, ctx.data.evals[split], rows, ctx.labels)
     return predictions, rows, ctx.labels

@@ -15,8 +15,7 @@ from torch.nn import functional as F
 from transformers import GPT2Config, GPT2LMHeadModel, GPT2Model
 
 from conftest import TINY_FAST, compose_config
-from finetune.data.collate import make_collator
-from finetune.data.features import FEATURIZERS
+from finetune.data.input_formats import FORMATS, make_collator
 from finetune.models.heads import HEADS
 from finetune.models.task_model import TaskModel, build_head
 from test_bad_inputs import SST2_HEADER, lines, write
@@ -67,7 +66,7 @@ def check(model, batch, sequences):
 
 def test_aux_lm_covers_both_orders_of_a_similarity_pair(backbone, tiny_tokenizer):
     texts, pairs = ["a man plays a guitar loudly on the stage tonight", "ok"], ["someone plays music", "a dog runs in the park all day"]
-    features = FEATURIZERS["text_both_orders"]({"text": texts, "text_pair": pairs}, tiny_tokenizer, 64, {}, True)
+    features = FORMATS["text_both_orders"].features({"text": texts, "text_pair": pairs}, tiny_tokenizer, 64, {}, True)
     rows = [{k: v[i] for k, v in features.items() if k != "truncated"} | {"labels": i % 2} for i in range(2)]
     batch = make_collator("text_both_orders", tiny_tokenizer, 8)(rows)
     assert (batch["attention_mask"] == 0).any() and (batch["attention_mask_swapped"] == 0).any()  # pads to exclude
@@ -78,7 +77,7 @@ def test_aux_lm_covers_both_orders_of_a_similarity_pair(backbone, tiny_tokenizer
 
 def test_aux_lm_covers_every_candidate_and_no_placeholder(backbone, tiny_tokenizer):
     batch_rows = {"context": ["the cat sat on the mat", "rain fell"], "choices": [["it slept", "it ran away quickly", "no"], ["wet"]]}
-    features = FEATURIZERS["choices"](batch_rows, tiny_tokenizer, 64, {}, True)
+    features = FORMATS["choices"].features(batch_rows, tiny_tokenizer, 64, {}, True)
     rows = [{"input_ids": features["input_ids"][i], "attention_mask": features["attention_mask"][i], "labels": 0} for i in range(2)]
     batch = make_collator("choices", tiny_tokenizer, 8)(rows)
     assert batch["input_ids"].shape[:2] == (2, 3) and "choice_mask" in batch  # two one-token placeholder candidates
@@ -134,13 +133,13 @@ def flat(grads):
 
 def test_batch_16_equals_batch_8_times_grad_accum_2_and_a_mean_of_means_does_not(tmp_path, aux_lm_weight=0.5):
     from finetune.setup import setup
-    from finetune.training.loop import Trainer
+    from finetune.modes.train import build_trainer
 
     cfg = compose_config(["task=sst2", *TINY_FAST, f"data_dir={sst2_rows(tmp_path / 'data')}", f"task.aux_lm_weight={aux_lm_weight}",
                           "model.dropout=0", "model.head_dropout=0", "optim.max_grad_norm=1e9", "trainer.batch_size=8",
                           "trainer.grad_accum=2", "trainer.max_steps=1"], output_dir=tmp_path / "run")
-    ctx = setup(cfg, train_split="train", eval_splits=["validation"], trained=False)
-    trainer = Trainer(cfg, ctx.accelerator, ctx.model, ctx.tokenizer, ctx.data, ctx.run_dir)
+    ctx = setup(cfg, train_split="train", eval_splits=["validation"], weights="pretrained")
+    trainer = build_trainer(ctx)
     trainer.optimizer = recorder = GradientRecorder(trainer.model)
     trainer.model.train()
     collate = make_collator("text", ctx.tokenizer, 8)

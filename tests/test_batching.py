@@ -238,7 +238,7 @@ def test_backbone_without_padding_mask_matches_the_masked_call_on_real_tokens():
 def test_text_collator_matches_data_collator_with_padding(tiny_tokenizer):
     from transformers import DataCollatorWithPadding
 
-    from finetune.data.collate import make_collator
+    from finetune.data.input_formats import make_collator
 
     texts = ["a", "the film is good", "not good at all , really", "fine"]
     encoded = tiny_tokenizer(texts)

@@ -5,7 +5,7 @@ import pytest
 from conftest import CONFIG_DIR, compose_config
 from finetune.config import validate
 from finetune.errors import ConfigError
-from finetune.run import check_task
+from finetune.config import check_task
 
 TASKS = sorted(p.stem for p in (CONFIG_DIR / "task").glob("*.yaml"))
 MODELS = sorted(p.stem for p in (CONFIG_DIR / "model").glob("*.yaml"))

@@ -1,7 +1,7 @@
 """Plain-text datasets as YAML only: `format: lines`, `pattern`, labels given per file, carved splits, k folds.
 
-The task YAMLs are the README's own examples (section "Plain-text files, labels in file names, no
-dev split, k folds"), read from README.md and written into a config directory of the user's, so
+The task YAMLs are the docs' own examples (docs/tasks-and-formats.md, section "Plain-text files, labels
+in file names, no dev split, k folds"), read from that page and written into a config directory of the user's, so
 every example there is run here. The data are made up by this file. Each case trains the tiny
 model for a few steps in this process (`train_in_process`, as `python train.py ...` would) from
 that directory, with no change to the code; which rows a carved split or a fold holds is checked
@@ -37,8 +37,8 @@ QUESTION = {"DESC": "DESC:def what does word {i} mean ?", "HUM": "HUM:ind who wr
 
 
 def readme_tasks() -> dict[str, str]:
-    """{task name: YAML} of the README section's `# my_configs/task/<name>.yaml` blocks."""
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    """{task name: YAML} of the docs section's `# my_configs/task/<name>.yaml` blocks."""
+    readme = (ROOT / "docs" / "tasks-and-formats.md").read_text(encoding="utf-8")
     section = readme.split(SECTION, 1)[1]
     section = re.split(r"\n#{2,4} ", section, maxsplit=1)[0]
     blocks = re.findall(r"```yaml\n(# my_configs/task/(\w+)\.yaml\n.*?)```", section, flags=re.S)
@@ -73,7 +73,7 @@ def write_polarity(root: Path) -> Path:
     return folder
 
 
-# Not a README example: labelled file entries in another format, each with its own reading options.
+# Not a docs example: labelled file entries in another format, each with its own reading options.
 REVIEWS_TSV = """\
 name: reviews_tsv
 head: classification
@@ -101,7 +101,7 @@ def write_reviews_tsv(root: Path) -> None:
 
 @pytest.fixture(scope="module")
 def user(tmp_path_factory):
-    """A user's own config directory (the README's task YAMLs) and data directory."""
+    """A user's own config directory (the docs' task YAMLs) and data directory."""
     base = tmp_path_factory.mktemp("formats")
     config_dir, data_dir = base / "my_configs", base / "my_data"
     (config_dir / "task").mkdir(parents=True)

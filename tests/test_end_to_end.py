@@ -7,7 +7,7 @@ import torch
 from transformers import pipeline
 
 from conftest import run_train
-from finetune.models.task_model import load_exported
+from finetune.models.artifacts import load_exported
 
 
 @pytest.fixture(scope="module")

@@ -18,8 +18,9 @@ from torch.nn import functional as F
 from transformers import AutoTokenizer, GPT2Config, GPT2Model
 
 from conftest import CONFIG_DIR, ROOT, compose_config
-from finetune.data.collate import ChoiceCollator, PairCollator, TextCollator, make_collator
-from finetune.data.features import FEATURIZERS, both_orders_features, choice_features, text_features
+from finetune.data.collate import ChoiceCollator, PairCollator, TextCollator
+from finetune.data.input_formats import FORMATS, make_collator
+from finetune.data.features import both_orders_features, choice_features, text_features
 from finetune.data.formats import GPT1_TOKENS, configure_tokenizer
 from finetune.errors import ConfigError
 from finetune.models.heads import HEADS, MultipleChoiceHead, SimilarityHead
@@ -109,7 +110,7 @@ def test_classification_exact_ids_by_hand(plain_tok, gpt1_tok):
 def test_entailment_is_start_premise_delim_hypothesis_extract(tok):
     start, delim, extract = template(tok)
     batch = {"text": ["the film is good", "it rains"], "text_pair": ["it is bad", "the street is wet"]}
-    out = FEATURIZERS[HEADS["entailment"].format_for({})](batch, tok, 64, {}, True)
+    out = FORMATS[HEADS["entailment"].format_for({})].features(batch, tok, 64, {}, True)
     assert out["input_ids"] == [
         start + ids(tok, p) + delim + ids(tok, h) + extract for p, h in zip(batch["text"], batch["text_pair"])
     ]
@@ -215,7 +216,7 @@ def test_similarity_both_orders_false_uses_the_plain_text_format(gpt1_tok):
     assert SimilarityHead.format_for({"both_orders": True}) == "text_both_orders"
     assert SimilarityHead.format_for({"both_orders": False}) == "text"
     start, delim, extract = template(gpt1_tok)
-    feats = FEATURIZERS[SimilarityHead.format_for({"both_orders": False})](
+    feats = FORMATS[SimilarityHead.format_for({"both_orders": False})].features(
         {"text": ["the film"], "text_pair": ["is good"]}, gpt1_tok, 64, {}, True
     )
     assert set(feats) == {"input_ids", "attention_mask", "truncated"}
@@ -514,11 +515,11 @@ def test_every_head_is_used_by_some_task_yaml_and_every_yaml_head_exists():
 
 
 def test_every_head_has_a_featurizer_and_a_collator(plain_tok):
-    assert HEADS["lm"].language_model and not build_head("lm", 8, 1, 0.0, {}).state_dict()  # the tied LM head owns no weights
+    assert not HEADS["lm"].has_own_weights and not build_head("lm", 8, 1, 0.0, {}).state_dict()  # the tied LM head owns no weights
     for name, head_cls in HEADS.items():
         for args in ({}, {"both_orders": False}) if name == "similarity" else ({},):
             input_format = head_cls.format_for(args)
-            assert input_format in FEATURIZERS, name
+            assert input_format in FORMATS, name
             make_collator(input_format, plain_tok)
 
 
@@ -540,7 +541,7 @@ def test_task_yaml_with_an_unknown_head_fails_with_a_config_error_naming_task_he
     assert not (tmp_path / "run").exists()  # failed before any data, model or output
 
 
-@pytest.mark.parametrize("name", sorted(name for name, head in HEADS.items() if not head.language_model))
+@pytest.mark.parametrize("name", sorted(name for name, head in HEADS.items() if head.has_own_weights))
 def test_head_linear_layers_start_from_the_backbones_initializer_range(name):
     # nn.Linear's default (uniform, std 1/sqrt(3*768) = 0.021 here but 0.036 at width 256) made
     # the mini model 2-3 points worse on SST-2 than transformers' N(0, initializer_range) heads.

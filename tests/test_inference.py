@@ -4,7 +4,7 @@ One tiny-model run per head on small made-up data in the real task layouts (sst2
 stsb in both orders and in one order, storycloze, squad), shared by the module. The framework's side
 is `mode=predict` on the dev split (predictions/validation.tsv, 6 decimals); the other side reads
 the same dev examples as a user would pass them. Plain transformers pipelines are checked where
-the README says they agree (and shown to disagree for both-order similarity).
+the docs say they agree (and shown to disagree for both-order similarity).
 """
 
 from __future__ import annotations
@@ -234,12 +234,12 @@ def test_transformers_has_no_question_answering_pipeline_to_use_instead():
     assert "finetune-question-answering" in PIPELINE_REGISTRY.get_supported_tasks()
 
 
-# --------------------------------------------------------------------------- README
+# --------------------------------------------------------------------------- docs
 
 
-def test_readme_use_a_trained_model_snippets_run(runs, tmp_path, monkeypatch):
-    """Every python block of README's "Use a trained model" runs, in a directory where runs/<task> are our runs."""
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+def test_docs_use_a_trained_model_snippets_run(runs, tmp_path, monkeypatch):
+    """Every python block of docs/using-models.md's "Use a trained model" runs, in a directory where runs/<task> are our runs."""
+    readme = (ROOT / "docs" / "using-models.md").read_text(encoding="utf-8")
     section = readme.split("## Use a trained model", 1)[1].split("\n## ", 1)[0]
     blocks = re.findall(r"```python\n(.*?)```", section, flags=re.S)
     assert len(blocks) >= 2
@@ -248,7 +248,7 @@ def test_readme_use_a_trained_model_snippets_run(runs, tmp_path, monkeypatch):
         os.symlink(runs[name][0], tmp_path / "runs" / name)
     monkeypatch.chdir(tmp_path)
     for block in blocks:
-        exec(compile(block, "README.md", "exec"), {})
+        exec(compile(block, "docs/using-models.md", "exec"), {})
 
 
 @pytest.mark.parametrize("name", list(RUNS))

@@ -20,11 +20,11 @@ from transformers import GPT2Config, GPT2LMHeadModel, GPT2Model, pipeline
 from conftest import ROOT, TINY_FAST, compose_config
 from finetune.data import blocks
 from finetune.data.pipeline import load_rows
-from finetune.data.sources import _read_text
+from finetune.data.readers import read_text
 from finetune.models.heads import HEADS, LanguageModelHead
 from finetune.models.task_model import TaskModel
 from finetune.training.batching import build_eval_loader, build_train_loader
-from finetune.training.evaluation import SingleProcess, compute_metrics, token_outputs
+from finetune.training.evaluation import EVALUATORS, SingleProcess, compute_metrics
 from test_bad_inputs import SST2_DEV, SST2_HEADER, SST2_TRAIN, fails, lines, train_in_process, write
 
 WORDS = "the cat sat on a mat and looked at the dog who ran to the tree by the river".split()
@@ -54,7 +54,7 @@ class Options(dict):
 def test_text_reader_documents_are_lines_paragraphs_or_files(tmp_path):
     a = write(tmp_path / "a.txt", " = Title = \n\nfirst line  \nsecond line\n \t \nthird\n\n\n")
     b = write(tmp_path / "b.txt", "other file\n")
-    read = lambda document: _read_text(Options(document=document, encoding="utf-8-sig"), [a, b])["text"]  # noqa: E731
+    read = lambda document: read_text(Options(document=document, encoding="utf-8-sig"), [a, b])["text"]  # noqa: E731
     assert read("line") == [" = Title =", "first line", "second line", "third", "other file"]
     # a whitespace-only line separates paragraphs too; lines inside a paragraph keep their newline
     assert read("paragraph") == [" = Title =", "first line  \nsecond line", "third", "other file"]
@@ -185,7 +185,7 @@ def test_perplexity_matches_a_hand_computation_token_by_token(tiny_lm, stride):
             end = new_end
     assert stats["predicted_tokens"] == len(nll) and stats["stride"] == stride
     loader = build_eval_loader(cfg.trainer, features, None, "blocks", length, seed=0)
-    outputs = token_outputs(SingleProcess(), tiny_lm, loader, features)
+    outputs = EVALUATORS["tokens"].outputs(SingleProcess(), tiny_lm, loader, features)
     metrics = compute_metrics(tiny_lm.head, outputs, ["perplexity", "accuracy"])
     assert metrics["perplexity"] == pytest.approx(math.exp(sum(nll) / len(nll)), rel=1e-5)
     assert metrics["nll_per_token"] == pytest.approx(sum(nll) / len(nll), rel=1e-5)
@@ -200,7 +200,7 @@ def test_eval_batches_of_any_size_give_the_same_perplexity(tiny_lm):
     for batch_size in (1, 3, 7):
         cfg.trainer.eval_batch_size = batch_size
         loader = build_eval_loader(cfg.trainer, features, None, "blocks", 12, seed=0)
-        results.append(compute_metrics(tiny_lm.head, token_outputs(SingleProcess(), tiny_lm, loader, features), ["perplexity"]))
+        results.append(compute_metrics(tiny_lm.head, EVALUATORS["tokens"].outputs(SingleProcess(), tiny_lm, loader, features), ["perplexity"]))
     assert results[0]["perplexity"] == pytest.approx(results[1]["perplexity"], rel=1e-6) == pytest.approx(results[2]["perplexity"], rel=1e-6)
     # logits made a few rows at a time (a small memory cap) give the same sums
     chunked = tiny_lm.head.score_tokens(tiny_lm.backbone, ids, ids, max_logits=64 * 11)
@@ -287,7 +287,7 @@ def test_lm_export_starts_a_classification_task_from_the_adapted_backbone(lm_run
     model_dir = root / "run" / "model"
     cfg = compose_config(["experiment=quickstart", *TINY_FAST, "model.from_scratch=false", f"model.name_or_path={model_dir}",
                           "trainer.max_train_samples=16", "trainer.max_eval_samples=16"], output_dir=tmp_path / "run")
-    ctx = setup(cfg, train_split="train", eval_splits=["validation"], trained=False)
+    ctx = setup(cfg, train_split="train", eval_splits=["validation"], weights="pretrained")
     adapted = GPT2LMHeadModel.from_pretrained(model_dir).transformer.state_dict()
     ours = ctx.model.backbone.state_dict()
     assert set(ours) == set(adapted) and all(torch.equal(ours[k], adapted[k]) for k in adapted)

@@ -19,12 +19,13 @@ from safetensors.torch import load_file
 from transformers import AutoModel, AutoTokenizer, pipeline
 
 from conftest import ROOT, TINY_FAST, lora_args
-from finetune.data.collate import make_collator
-from finetune.data.features import FEATURIZERS
+from finetune.data.input_formats import FORMATS, make_collator
 from finetune.data.formats import configure_tokenizer
 from finetune.models.heads import HEADS
-from finetune.models.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS, apply_lora, load_adapter, merge, merged_record, write_adapter
-from finetune.models.task_model import TaskModel, build_head, export, load_exported, manifest_for
+from finetune.models.artifacts import ADAPTER_CONFIG, ADAPTER_WEIGHTS, load_adapter, merged_record, write_adapter
+from finetune.models.lora import apply_lora, merge
+from finetune.models.artifacts import export, load_exported, manifest_for
+from finetune.models.task_model import TaskModel, build_head
 from finetune.training.optim import build_optimizer, parameter_groups
 from test_bad_inputs import assert_one_line_error, train_in_process
 
@@ -65,7 +66,7 @@ def batch_for(head: str, tokenizer) -> dict:
         "multiple_choice": {"context": TEXTS, "choices": [[p, t] for p, t in zip(PAIRS, reversed(TEXTS))]},
     }[head]
     input_format = HEADS[head].format_for({})
-    features = FEATURIZERS[input_format](rows, tokenizer, 64, {}, False)
+    features = FORMATS[input_format].features(rows, tokenizer, 64, {}, False)
     examples = [{k: v[i] for k, v in features.items() if k != "truncated"} for i in range(len(TEXTS))]
     return make_collator(input_format, tokenizer)(examples)
 
@@ -252,7 +253,7 @@ def test_lora_run_trains_only_adapters_and_head_and_reports_parameters_and_memor
 
 
 def test_lora_run_merged_model_gives_the_framework_predictions_through_pipeline(lora_run):
-    from finetune.models.task_model import load_checkpoint_model
+    from finetune.models.artifacts import load_checkpoint_model
 
     metrics = json.loads((lora_run / "metrics.json").read_text())
     framework, tokenizer, manifest = load_checkpoint_model(lora_run / "checkpoints" / f"step-{metrics['best_step']}")

@@ -8,7 +8,7 @@ from transformers import AutoTokenizer
 
 from conftest import ROOT
 from finetune.data.cache import tokenize_map, tokenizer_key
-from finetune.data.features import FEATURIZERS
+from finetune.data.input_formats import FORMATS
 from finetune.data.formats import configure_tokenizer
 
 
@@ -20,7 +20,7 @@ def _tokenizer(gpt1_tokens: bool = False):
 
 def _featurize(rows, tokenizer, max_length=32):
     kwargs = {"max_length": max_length, "args": {}, "training": True}
-    return tokenize_map(rows, FEATURIZERS["text"], tokenizer, kwargs, batched=True, remove_columns=["text"])
+    return tokenize_map(rows, FORMATS["text"].features, tokenizer, kwargs, batched=True, remove_columns=["text"])
 
 
 @pytest.fixture

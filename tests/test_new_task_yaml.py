@@ -4,7 +4,7 @@ Made-up datasets, with their own column names and string labels, in csv, tsv and
 pair task (entailment head) and a multiple-choice task: each gets a task YAML in a directory
 outside the project, and `train.py` is run on it through the real command line.
 
-Two ways of adding that directory are exercised, both documented in the README:
+Two ways of adding that directory are exercised, both documented in docs/tasks-and-formats.md:
   python train.py 'hydra.searchpath=[file:///abs/path/to/my_configs]' task=mytask ...
   python train.py --config-dir /path/to/my_configs task=mytask ...
 where my_configs/task/mytask.yaml is the new task. To keep the file fast, the csv task runs as a

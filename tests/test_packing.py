@@ -17,8 +17,8 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2Model
 
-from finetune.data.collate import PackedCollator, make_collator, pack_rows
-from finetune.data.features import FEATURIZERS
+from finetune.data.collate import PackedCollator, pack_rows
+from finetune.data.input_formats import FORMATS, make_collator
 from finetune.models.heads import lm_target_positions
 from finetune.models.task_model import TaskModel, build_head
 from test_aux_lm import check as check_aux_lm
@@ -41,11 +41,11 @@ def features_for(input_format: str, tokenizer, training: bool = True) -> list[di
     if input_format == "choices":
         contexts = ["the cat sat on the mat", "rain fell", "she opened the door and looked outside for a while", "he ran"]
         choices = [["it slept", "it ran away quickly", "no"], ["wet"], ["sun", "snow fell on the quiet street"], ["fast", "slow"]]
-        columns = FEATURIZERS["choices"]({"context": contexts, "choices": choices}, tokenizer, 64, {}, training)
+        columns = FORMATS["choices"].features({"context": contexts, "choices": choices}, tokenizer, 64, {}, training)
     elif input_format == "text_both_orders":
-        columns = FEATURIZERS["text_both_orders"]({"text": TEXTS, "text_pair": PAIRS}, tokenizer, 64, {}, training)
+        columns = FORMATS["text_both_orders"].features({"text": TEXTS, "text_pair": PAIRS}, tokenizer, 64, {}, training)
     else:
-        columns = FEATURIZERS["text"]({"text": TEXTS, "text_pair": PAIRS if input_format == "pair" else None}, tokenizer, 64, {}, training)
+        columns = FORMATS["text"].features({"text": TEXTS, "text_pair": PAIRS if input_format == "pair" else None}, tokenizer, 64, {}, training)
     count = len(columns["input_ids"])
     return [{k: v[i] for k, v in columns.items() if k != "truncated"} | {"labels": i % 2, "index": i} for i in range(count)]
 
@@ -84,7 +84,7 @@ def test_pack_rows_fills_rows_first_fit_and_gives_long_sequences_a_row_of_their_
 @pytest.mark.parametrize("input_format", ["text", "text_both_orders", "choices"])
 def test_packed_batch_holds_every_sequence_whole_with_restarting_positions(input_format, tiny_tokenizer):
     features = features_for(input_format, tiny_tokenizer)
-    batch = PackedCollator(input_format, tiny_tokenizer, row_tokens=24, pad_to_multiple_of=8)(features)
+    batch = PackedCollator(FORMATS[input_format], tiny_tokenizer, row_tokens=24, pad_to_multiple_of=8)(features)
     rows, width = batch["input_ids"].shape
     assert width % 8 == 0 and "attention_mask" not in batch
     sequences = sequences_of(input_format, features)
@@ -115,7 +115,7 @@ def test_packed_batch_holds_every_sequence_whole_with_restarting_positions(input
 
 def test_one_row_per_batch_when_row_tokens_is_none(tiny_tokenizer):
     features = features_for("text", tiny_tokenizer)
-    batch = PackedCollator("text", tiny_tokenizer, row_tokens=None)(features)
+    batch = PackedCollator(FORMATS["text"], tiny_tokenizer, row_tokens=None)(features)
     assert batch["input_ids"].shape == (1, sum(len(f["input_ids"]) for f in features))
     assert (batch["sequence_ids"] > 0).all()  # no padding at all
 
@@ -127,7 +127,7 @@ def padded_and_packed(head: str, tokenizer, row_tokens=24):
     feature_format, collate_format = HEAD_CASES[head]
     features = features_for(feature_format, tokenizer)
     padded = make_collator(collate_format, tokenizer, 8)(features)
-    packed = PackedCollator(collate_format, tokenizer, row_tokens)(features)
+    packed = PackedCollator(FORMATS[collate_format], tokenizer, row_tokens)(features)
     assert packed["input_ids"].numel() < padded["input_ids"].numel() + padded.get("input_ids_swapped", padded["input_ids"][:0]).numel()
     assert (packed["sequence_ids"].amax(-1) > 1).any()  # rows hold several sequences
     return features, padded, packed

@@ -15,7 +15,7 @@ import torch
 from transformers import pipeline
 
 from conftest import MINI_MODEL, SHARED_DATA, requires_shared_data, run_train
-from finetune.models.task_model import load_exported
+from finetune.models.artifacts import load_exported
 
 pytestmark = [requires_shared_data, pytest.mark.slow, pytest.mark.realdata]
 

@@ -4,7 +4,7 @@ import torch
 from transformers import GPT2Config, GPT2Model
 
 from conftest import compose_config
-from finetune.data.collate import make_collator
+from finetune.data.input_formats import make_collator
 from finetune.data.columns import LabelEncoder
 from finetune.errors import DataError
 from finetune.models.backbone import load_backbone, load_tokenizer

@@ -333,7 +333,8 @@ def classifier_export(tmp_path_factory):
     """A fine-tuned classifier's model/ directory (GPT2ForSequenceClassification + finetune.json)."""
     from transformers import AutoTokenizer, GPT2Config, GPT2Model
 
-    from finetune.models.task_model import TaskModel, build_head, export
+    from finetune.models.artifacts import export
+    from finetune.models.task_model import TaskModel, build_head
 
     path = tmp_path_factory.mktemp("classifier") / "model"
     cfg = compose_config(["experiment=quickstart"])
@@ -401,11 +402,11 @@ def test_prompt_section_errors_name_the_key(case):
                                                 ("task.prompt.max_new_tokens=0", "an integer >= 1"),
                                                 ("model.gpt1_tokens=true", "false in mode=zeroshot")])
 def test_prompt_ranges_are_validated_with_the_config(override, expected):
-    from finetune.config import validate
     from finetune.errors import ConfigError
+    from finetune.run import check
 
     with pytest.raises(ConfigError, match=re.escape(expected)):
-        validate(compose_config([*QUICKSTART, override]))
+        check(compose_config([*QUICKSTART, override]))
 
 
 def test_language_model_sources(tmp_path):

@@ -101,8 +101,13 @@ def _main_process(on_main=None, on_others=None):
     return on_main if is_main_process() else on_others
 
 
-def _optimization_direction(metric_mode: str) -> str:
-    """Optuna's direction for task.main_metric_mode (max -> maximize, min -> minimize)."""
+def _optimization_direction(metric_mode: str | None, main_metric: str = "", metrics=()) -> str:
+    """Optuna's direction for task.main_metric_mode (max -> maximize, min -> minimize); null: the
+    direction the main metric's module declares (finetune.metrics)."""
+    if metric_mode is None:
+        from finetune.metrics import higher_is_better
+
+        metric_mode = "max" if higher_is_better(list(metrics), main_metric) else "min"
     return {"max": "maximize", "min": "minimize"}[metric_mode]
 
 

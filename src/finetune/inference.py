@@ -5,7 +5,7 @@ probabilities, scores, answers); `mode=predict` calls it on a task's split, and 
 inputs a user passes, after building the same standardised rows the data pipeline builds from
 files. Everything between is the framework's own code: `featurize` (the tokenizer's input
 template, both orders for similarity, span windows with stride), the evaluation loader and the
-head's collator, `split_outputs` (candidate softmax scores, n-best span decoding). So every way
+head's collator, the evaluator's outputs (candidate softmax scores, n-best span decoding). So every way
 of predicting gives the numbers evaluation gives.
 
     predictor = finetune.load("<run dir>/model")       # or <run dir>/checkpoints/step-N
@@ -18,77 +18,25 @@ from collections.abc import Iterable
 from contextlib import contextmanager
 from pathlib import Path
 
-import numpy as np
-
 from finetune.errors import InputError, ModelError
-from finetune.training.evaluation import SingleProcess, SplitOutputs, split_outputs
+from finetune.training.evaluation import SingleProcess, SplitOutputs, evaluator_of
 
-TARGET_ROLES = ("label", "answers")  # what a model predicts; never an input
 # The evaluation batch of a run with default settings (trainer.eval_batch_size = 4 x batch_size):
 # the same batches give bit-identical numbers; other batch shapes differ by float32 rounding only.
 DEFAULT_BATCH_SIZE = 128
 
 
-def softmax(scores: np.ndarray) -> np.ndarray:
-    """Row-wise softmax in float64; masked candidates (float32 min) get probability 0."""
-    scores = np.asarray(scores, dtype=np.float64)
-    shifted = scores - scores.max(axis=-1, keepdims=True)
-    weights = np.exp(shifted)
-    return weights / weights.sum(axis=-1, keepdims=True)
-
-
-def prediction_rows(outputs: SplitOutputs, labels: list[str] | None, ids: list | None = None) -> list[dict]:
-    """One dict per example: `id`, `prediction` (label name, score or answer text), and for classes
-    `probability` of the prediction and `probabilities` of every label; `label` when the split has one."""
-    count = len(outputs.answers) if outputs.answers is not None else len(outputs.scores)
-    ids = list(ids) if ids is not None else list(range(count))
-    rows = []
-    if outputs.answers is not None:
-        for i, answer in enumerate(outputs.answers):
-            rows.append({"id": ids[i], "prediction": answer})
-    elif labels is None:  # regression
-        for i, score in enumerate(outputs.scores.reshape(-1)):
-            rows.append({"id": ids[i], "prediction": float(score)})
-    else:
-        probabilities = softmax(outputs.scores)
-        for i, probs in enumerate(probabilities):
-            best = int(np.argmax(outputs.scores[i]))
-            rows.append({
-                "id": ids[i], "prediction": labels[best], "probability": float(probs[best]),
-                "probabilities": {name: float(p) for name, p in zip(labels, probs)},
-            })
-    if outputs.references is not None:
-        for row, reference in zip(rows, outputs.references):
-            if outputs.answers is not None:
-                row["label"] = reference[0] if reference else ""
-            else:
-                row["label"] = labels[reference] if labels is not None else float(reference)
-    return rows
-
-
 def predict_rows(accelerator, model, loader, features, examples, labels: list[str] | None) -> tuple[SplitOutputs, list[dict]]:
-    """The one prediction path: a split's outputs (finetune.training.evaluation) and its prediction rows."""
-    outputs = split_outputs(accelerator, model, loader, features, examples)
-    ids = examples["id"] if "id" in examples.column_names else None
-    return outputs, prediction_rows(outputs, labels, ids)
+    """The one prediction path: a split's outputs and its prediction rows (the head's evaluator,
+    finetune.training.evaluation): `id`, `prediction`, and what the evaluator adds."""
+    evaluator = evaluator_of(accelerator.unwrap_model(model).head)
+    outputs = evaluator.outputs(accelerator, model, loader, features, examples)
+    ids = list(examples["id"]) if "id" in examples.column_names else list(range(len(examples)))
+    return outputs, evaluator.prediction_rows(outputs, labels, ids)
 
 
 # ---------------------------------------------------------------------------------------------
 # Inputs as a user writes them -> the standardised rows of the data pipeline (finetune.data.columns)
-
-
-def input_roles(head_cls, trained_with: list[str] | None = None) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """(required, optional) roles a head reads as input, in the order a tuple gives them.
-
-    `trained_with` (the manifest's `input_roles`) fixes the optional ones: a classifier trained on
-    single texts takes no pair, one trained on pairs needs them.
-    """
-    required = tuple(r for r in head_cls.required_roles if r not in TARGET_ROLES and r != "id")
-    optional = tuple(r for r in head_cls.optional_roles if r not in TARGET_ROLES and r != "id")
-    if trained_with is not None:
-        required += tuple(r for r in optional if r in trained_with)
-        optional = ()
-    return required, optional
 
 
 def describe_input(head_name: str, required: tuple, optional: tuple) -> str:
@@ -179,14 +127,6 @@ def _quiet_datasets():
             datasets.enable_progress_bars()
 
 
-class _TaskView:
-    """The two task settings `featurize` reads, from the model's manifest (what it was trained with)."""
-
-    def __init__(self, manifest: dict):
-        self.max_length = manifest["max_length"]
-        self.head_args = manifest.get("head_args") or {}
-
-
 class Predictor:
     """A fine-tuned model with `predict(inputs)`: the task's natural inputs in, the framework's predictions out.
 
@@ -206,6 +146,7 @@ class Predictor:
     def __init__(self, model, tokenizer, manifest: dict, device=None, batch_size: int = DEFAULT_BATCH_SIZE):
         import torch
 
+        from finetune.data.input_formats import FORMATS
         from finetune.models.heads import HEADS
 
         if device is None:
@@ -216,8 +157,8 @@ class Predictor:
         self.head = manifest["head"]
         self.head_cls = HEADS[self.head]
         self.labels = manifest.get("labels")
-        self.input_format = self.head_cls.format_for(manifest.get("head_args") or {})
-        self.roles = input_roles(self.head_cls, manifest.get("input_roles"))
+        self.input_format = FORMATS[self.head_cls.format_for(manifest.get("head_args") or {})]
+        self.roles = self.head_cls.input_roles(manifest.get("input_roles"))
         self.batch_size = batch_size
 
     def __repr__(self) -> str:
@@ -233,27 +174,28 @@ class Predictor:
         from datasets import Dataset
 
         columns, single = parse_inputs(inputs, self.head, *self.roles)
-        if self.head_cls.evaluator == "spans":  # windows are matched back to their question by id
+        if self.input_format.needs_row_ids:  # e.g. span windows are matched back to their question by id
             columns["id"] = [str(i) for i in range(len(next(iter(columns.values()))))]
         return Dataset.from_dict(columns), single
 
     def predict_examples(self, rows, batch_size: int | None = None) -> list[dict]:
         """Predictions for standardised rows, through featurize -> eval loader -> predict_rows."""
         from finetune.config import TrainerConfig
-        from finetune.data.pipeline import featurize
+        from finetune.data.pipeline import InputSettings
         from finetune.training.batching import build_eval_loader
 
         if len(rows) == 0:
             return []
-        labels = self._labels_for(rows)
-        task = _TaskView(self.manifest)
+        if self.labels is not None:
+            self.head_cls.check_inputs(rows, self.labels)
+        inputs = InputSettings(self.manifest["max_length"], dict(self.manifest.get("head_args") or {}))
         with _quiet_datasets():
-            features, _ = featurize(rows, self.input_format, self.tokenizer, task, training=False, where="inputs")
+            features, _ = self.input_format.featurize(rows, self.tokenizer, inputs, training=False, where="inputs")
         loader_cfg = TrainerConfig(eval_batch_size=batch_size or self.batch_size, num_workers=0)
-        loader = build_eval_loader(loader_cfg, features, self.tokenizer, self.input_format, task.max_length, seed=0,
+        loader = build_eval_loader(loader_cfg, features, self.tokenizer, self.input_format.name, inputs.max_length, seed=0,
                                    on_cuda=self.device.type == "cuda")
-        _, predictions = predict_rows(SingleProcess(), self.model, loader, features, rows, labels)
-        return [self._tidy(row, rows, i) for i, row in enumerate(predictions)]
+        _, predictions = predict_rows(SingleProcess(), self.model, loader, features, rows, self.labels)
+        return [self._tidy(row, rows[i]) for i, row in enumerate(predictions)]
 
     def predict(self, inputs, batch_size: int | None = None):
         """Predictions for one example (a dict back) or a list of them (a list back)."""
@@ -263,30 +205,15 @@ class Predictor:
 
     __call__ = predict
 
-    def _labels_for(self, rows) -> list[str] | None:
-        if self.head_cls.input_format != "choices":
-            return self.labels
-        most = max(len(choices) for choices in rows["choices"])
-        if most > len(self.labels):
-            raise InputError(f"inputs: an example has {most} choices, but this model names {len(self.labels)} "
-                             f"candidate positions ({', '.join(self.labels)})")
-        return self.labels
-
-    def _tidy(self, row: dict, rows, i: int) -> dict:
-        """What a caller needs of a prediction row: no row id; for multiple choice, only the example's
-        own candidates, and the chosen candidate's text."""
+    def _tidy(self, row: dict, example: dict) -> dict:
+        """What a caller needs of a prediction row: no row id, and what the head adds (e.g. the chosen candidate)."""
         row = {key: value for key, value in row.items() if key != "id"}
-        if self.head_cls.input_format == "choices":
-            choices = rows[i]["choices"]
-            names = self.labels[: len(choices)]
-            row["probabilities"] = {name: row["probabilities"][name] for name in names}
-            row["choice"] = choices[names.index(row["prediction"])]
-        return row
+        return self.head_cls.tidy_prediction(row, example, self.labels)
 
 
 def load(path: str | Path, device=None, batch_size: int = DEFAULT_BATCH_SIZE) -> Predictor:
     """A `Predictor` for a run's exported `model/` directory or one of its `checkpoints/step-N`."""
-    from finetune.models.task_model import open_trained, trained_manifest
+    from finetune.models.artifacts import open_trained, trained_manifest
 
     path = Path(path).expanduser()
     what = f"'{path}'"

@@ -17,7 +17,6 @@ and `mode=predict` predict. A whole list is one call: the predictor batches it (
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from transformers import Pipeline
@@ -56,7 +55,8 @@ class FinetunePipeline(Pipeline):
         super().__init__(model, tokenizer, **kwargs)
         from finetune.data.formats import configure_tokenizer
         from finetune.inference import DEFAULT_BATCH_SIZE, Predictor
-        from finetune.models.task_model import MANIFEST, exported_class, task_model_from_export, trained_kind
+        from finetune.models.artifacts import exported_class, task_model_from_export, trained_kind
+        from finetune.models.manifest import MANIFEST, read_manifest
 
         model_dir = Path(getattr(self.model, "name_or_path", "") or ".")
         if trained_kind(model_dir) == "checkpoint":
@@ -65,8 +65,8 @@ class FinetunePipeline(Pipeline):
         if not (model_dir / MANIFEST).is_file():
             raise ModelError(f"'{model_dir}' is not a finetune export (no {MANIFEST}): the {self.task} pipeline serves "
                              f"the model/ directory of a finetune run")
-        manifest = json.loads((model_dir / MANIFEST).read_text())
-        head, served = manifest.get("head"), tasks()
+        manifest = read_manifest(model_dir, f"'{model_dir}'")
+        head, served = manifest.head, tasks()
         if self.task in served and head not in served[self.task]:
             raise ModelError(f"'{model_dir}' has a '{head}' head: use pipeline(\"{task_for_head(head)}\", model=...) "
                              f"(the {self.task} pipeline serves {', '.join(served[self.task])} heads)")
@@ -75,7 +75,7 @@ class FinetunePipeline(Pipeline):
             raise ModelError(f"'{model_dir}' was loaded as {type(self.model).__name__}, but its weights are a {expected}")
         if self.tokenizer is None:
             raise ModelError(f"'{model_dir}': no tokenizer was loaded with the model")
-        configure_tokenizer(self.tokenizer, manifest.get("gpt1_tokens", False))  # as finetune.load reads it
+        configure_tokenizer(self.tokenizer, bool(manifest.gpt1_tokens))  # as finetune.load reads it
         self.predictor = Predictor(task_model_from_export(self.model, manifest, model_dir), self.tokenizer, manifest,
                                    device=self.device, batch_size=self._batch_size or DEFAULT_BATCH_SIZE)
 

@@ -15,10 +15,7 @@ import sys
 
 from finetune.config import PROJECT_ROOT, validate
 from finetune.errors import ConfigError, FinetuneError
-from finetune.metrics import AVAILABLE as AVAILABLE_METRICS, KEYS as METRIC_KEYS, LOWER_IS_BETTER, TOKEN_METRICS
-from finetune.models.heads import HEADS
 from finetune.outputs.environment import describe
-from finetune.outputs.predictions import check_submission
 from finetune.training.preemption import Preempted
 
 log = logging.getLogger("finetune")
@@ -26,37 +23,22 @@ for _noisy in ("accelerate.checkpointing", "accelerate.accelerator"):
     logging.getLogger(_noisy).setLevel(logging.WARNING)
 
 
-def check_task(task) -> None:
-    if task.head not in HEADS:
-        raise ConfigError(f"task.head '{task.head}' is not a known head; choose one of {', '.join(HEADS)}")
-    unknown = [m for m in task.metrics if m not in AVAILABLE_METRICS]
-    if unknown:
-        raise ConfigError(f"task.metrics {unknown} unknown; available: {', '.join(AVAILABLE_METRICS)}")
-    reported = [key for m in task.metrics for key in METRIC_KEYS[m]]
-    if task.main_metric not in reported:
-        raise ConfigError(f"task.main_metric '{task.main_metric}' is not reported by task.metrics {list(task.metrics)} (they report {reported})")
-    tokens = HEADS[task.head].evaluator == "tokens"
-    wrong = [m for m in task.metrics if (m in TOKEN_METRICS) != tokens and not (tokens and m == "accuracy")]
-    if wrong:
-        raise ConfigError(f"task.metrics {wrong} do not apply to the '{task.head}' head: "
-                          + ("a language model reports perplexity and (next-token) accuracy" if tokens else
-                             f"{', '.join(TOKEN_METRICS)} needs the 'lm' head"))
-    if task.main_metric in LOWER_IS_BETTER and task.main_metric_mode != "min":
-        raise ConfigError(f"task.main_metric '{task.main_metric}' is better when lower: set task.main_metric_mode=min")
-    check_submission(task)
+def check(cfg):
+    """Every config check, before any work: the schema, ranges and task (config.validate, which asks
+    the head's `check_config`), then the mode's own `check`. Returns the mode."""
+    from finetune.modes import MODES
+
+    validate(cfg)
+    mode = MODES.get(cfg.mode.name)
+    if mode is None:
+        raise ConfigError(f"mode '{cfg.mode.name}' is not a known mode; choose one of {', '.join(sorted(MODES))}")
+    mode.check(cfg)
+    return mode
 
 
 def run(cfg) -> float:
     """Run the configured mode; return the task's main metric on the first evaluation split (NaN if none)."""
-    from finetune.modes import MODES
-
-    validate(cfg)
-    check_task(cfg.task)
-    HEADS[cfg.task.head].check_config(cfg)
-    mode = MODES.get(cfg.mode.name)
-    if mode is None:
-        raise ConfigError(f"mode '{cfg.mode.name}' is not a known mode; choose one of {', '.join(sorted(MODES))}")
-    outcome = mode(cfg)
+    outcome = check(cfg).run(cfg)
     ctx = outcome.ctx
     metrics = {**outcome.metrics, "environment": describe(ctx.accelerator, PROJECT_ROOT)}
     value = (metrics.get("eval") or {}).get(cfg.task.main_metric, float("nan"))

@@ -1,9 +1,11 @@
 """The setup every mode shares: Accelerator, tokenizer, data and model from a validated config.
 
-A mode (finetune.modes) says what it needs, never which mode it is: the splits to load, whether the
-model is a pretrained backbone with a new head (`trained=False`: training) or a fine-tuned model
-(`trained=True`: an exported `model/` directory or a `checkpoints/step-N` directory), and which
-splits may come without labels.
+A mode (finetune.modes) says what it needs, never which mode it is: the splits to load, which
+weights (`weights`: "pretrained", a backbone with a new head, for training; "fine_tuned", a run's
+model/, adapter/ or checkpoints/step-N; "language_model", a causal LM scored as it is, with the
+standardised rows of the splits instead of features), which splits may come without labels, and
+whether an untrained head may be evaluated. Setup never writes into the config: what it decides
+(e.g. a fine-tuned model's own input format) is in the returned `RunContext`.
 """
 
 from __future__ import annotations
@@ -15,20 +17,23 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, set_seed
-from omegaconf import OmegaConf, open_dict
+from omegaconf import OmegaConf
 
 from finetune.data.pipeline import TaskData, load_rows, prepare
 from finetune.errors import ModelError
 from finetune.hub import set_offline_mode
+from finetune.models.artifacts import open_trained, trained_manifest
 from finetune.models.backbone import (
     check_backbone_for_task, enable_activation_checkpointing, load_backbone, load_causal_lm, load_tokenizer,
 )
 from finetune.models.heads import HEADS
 from finetune.models.lora import apply_lora, base_reference
-from finetune.models.task_model import MANIFEST, TaskModel, build_head, open_trained, trained_manifest
+from finetune.models.manifest import MANIFEST
+from finetune.models.task_model import TaskModel, build_head
 from finetune.training.allocator import configure_host_allocator
 
 log = logging.getLogger("finetune")
+WEIGHTS = ("pretrained", "fine_tuned", "language_model")
 
 
 @dataclass(frozen=True)
@@ -37,10 +42,11 @@ class RunContext:
     accelerator: Accelerator
     run_dir: Path
     tokenizer: object
-    model: TaskModel  # language_model_setup: a causal LM (GPT2LMHeadModel)
+    model: TaskModel  # weights="language_model": a causal LM (GPT2LMHeadModel)
     data: TaskData
     labels: list[str] | None
-    model_source: dict  # where the weights came from: kind (pretrained, exported, checkpoint, fresh_head) and path
+    model_source: dict  # where the weights came from: kind (pretrained, exported, checkpoint, adapter, fresh_head, language_model) and path
+    head_args: dict  # the input format the data was prepared with: task.head_args, or a fine-tuned model's own
 
 
 def make_accelerator(cfg, run_dir: Path) -> Accelerator:
@@ -83,28 +89,29 @@ def _pretrained_model(cfg, tokenizer, base_vocab: int, offline: bool, labels) ->
     return model
 
 
-def check_trained_for_task(manifest: dict, task, path: str) -> None:
-    """A fine-tuned model scores a task only with the head and labels it was trained with (a language
-    model: any language-modelling task)."""
+def check_trained_for_task(manifest, task, path: str) -> None:
+    """A fine-tuned model scores a task only with the head and labels it was trained with (a
+    label-free head, such as a language model: any task of that head)."""
     labels = task_labels(task)
-    theirs = manifest.get("labels")
-    language_model = HEADS[task.head].language_model  # a language model scores any text: only the head must match
-    if manifest.get("head") == task.head and (theirs == labels or language_model):
+    head_cls = HEADS[task.head]
+    if manifest.head == task.head and (manifest.labels == labels or not head_cls.needs_labels):
         return
+
     def describe(head, names):
-        if head in HEADS and HEADS[head].language_model:
+        if head in HEADS and not HEADS[head].needs_labels:
             return f"a '{head}' head (a language model)"
         return f"a '{head}' head with " + (f"labels {', '.join(names)}" if names else "one regression output")
     raise ModelError(
-        f"model.name_or_path '{path}' is fine-tuned for task '{manifest.get('task')}' with "
-        f"{describe(manifest.get('head'), theirs)}, but task '{task.name}' has {describe(task.head, labels)}: "
-        f"use task={manifest.get('task')}, or a model fine-tuned for {task.name}"
+        f"model.name_or_path '{path}' is fine-tuned for task '{manifest.task}' with "
+        f"{describe(manifest.head, manifest.labels)}, but task '{task.name}' has {describe(task.head, labels)}: "
+        f"use task={manifest.task}, or a model fine-tuned for {task.name}"
     )
 
 
 def _trained_model(cfg, offline: bool):
-    """(model, tokenizer, source) for evaluate/predict: the fine-tuned model at model.name_or_path
-    (a run's model/, adapter/ or checkpoints/step-N directory)."""
+    """(model, tokenizer, source, head_args) for evaluate/predict: the fine-tuned model at
+    model.name_or_path (a run's model/, adapter/ or checkpoints/step-N directory); None when the
+    directory is not one. `head_args`: the input format the model was trained with."""
     name = cfg.model.name_or_path
     path = Path(name).expanduser()
     what = f"model.name_or_path '{name}'"
@@ -124,18 +131,31 @@ def _trained_model(cfg, offline: bool):
     if n_positions is not None and cfg.task.max_length > n_positions:
         raise ModelError(f"task.max_length={cfg.task.max_length} is longer than the model's context window "
                          f"({n_positions} positions): set task.max_length<={n_positions}")
-    saved_args = manifest.get("head_args") or {}
+    task_args = OmegaConf.to_container(cfg.task.head_args, resolve=True)
+    head_args = dict(manifest.head_args)
     kept = HEADS[cfg.task.head].trained_args
     if kept is not None:
-        saved_args = {**OmegaConf.to_container(cfg.task.head_args, resolve=True), **{k: saved_args[k] for k in kept if k in saved_args}}
-    if saved_args != OmegaConf.to_container(cfg.task.head_args, resolve=True):
-        log.warning("head_args of the model (%s) are used instead of task.head_args (%s)", saved_args, dict(cfg.task.head_args))
-    with open_dict(cfg):
-        cfg.task.head_args = saved_args  # the input format the model was trained with
+        head_args = {**task_args, **{k: head_args[k] for k in kept if k in head_args}}
+    if head_args != task_args:
+        log.warning("head_args of the model (%s) are used instead of task.head_args (%s)", head_args, task_args)
     source = {"kind": kind, "path": str(path)}
     if kind == "adapter":
-        source["base_model"] = cfg.model.adapter_base or (manifest.get("peft") or {}).get("base_model")
-    return model, tokenizer, source
+        source["base_model"] = cfg.model.adapter_base or (manifest.peft or {}).get("base_model")
+    return model, tokenizer, source, head_args
+
+
+def _untrained_head_error(cfg) -> ModelError:
+    name = cfg.model.name_or_path
+    if cfg.model.from_scratch:
+        what = f"model '{name}' is a new random model (model.from_scratch=true), not a fine-tuned one"
+    elif not Path(name).expanduser().exists():
+        what = f"model.name_or_path '{name}' does not exist as a directory, so it is not a fine-tuned model"
+    else:
+        what = f"model.name_or_path '{name}' is not a fine-tuned model (no {MANIFEST})"
+    return ModelError(
+        f"{what}: evaluating an untrained head is almost always a mistake; pass a run's model/ or "
+        f"checkpoints/step-N directory as model.name_or_path, or set mode.fresh_head=true"
+    )
 
 
 def quiet_library_progress_bars() -> None:
@@ -148,57 +168,60 @@ def quiet_library_progress_bars() -> None:
     transformers.utils.logging.disable_progress_bar()
 
 
-def setup(cfg, *, train_split: str | None, eval_splits: list[str], trained: bool, unlabelled_ok: tuple = ()) -> RunContext:
-    """Everything a mode runs on. Writes config.yaml into the run directory once all of it loaded."""
-    quiet_library_progress_bars()
-    run_dir = Path(cfg.paths.output_dir)
-    offline = set_offline_mode(cfg.offline)
-    accelerator = make_accelerator(cfg, run_dir)
-    set_seed(cfg.seed)
-    labels = task_labels(cfg.task)
-    head_cls = HEADS[cfg.task.head]
-    loaded = _trained_model(cfg, offline) if trained else None
-    # A pretrained LM is complete for the lm head (its head is the tied embedding): nothing untrained to warn about.
-    complete = head_cls.language_model
-    if trained and loaded is None and not cfg.mode.fresh_head and not complete:
-        name = cfg.model.name_or_path
-        if cfg.model.from_scratch:
-            what = f"model '{name}' is a new random model (model.from_scratch=true), not a fine-tuned one"
-        elif not Path(name).expanduser().exists():
-            what = f"model.name_or_path '{name}' does not exist as a directory, so it is not a fine-tuned model"
-        else:
-            what = f"model.name_or_path '{name}' is not a fine-tuned model (no {MANIFEST})"
-        raise ModelError(
-            f"{what}: evaluating an untrained head is almost always a mistake; pass a run's model/ or "
-            f"checkpoints/step-N directory as model.name_or_path, or set mode.fresh_head=true"
-        )
-    if loaded is not None:
-        model, tokenizer, source = loaded
-    else:
-        tokenizer, base_vocab = load_tokenizer(cfg.model, offline)
-    with accelerator.main_process_first():
-        data = prepare(cfg, tokenizer, head_cls, offline, train_split, eval_splits, unlabelled_ok)
-    if loaded is None:
-        model = _pretrained_model(cfg, tokenizer, base_vocab, offline, labels)
-        source = {"kind": "fresh_head" if trained and not complete else "pretrained", "path": cfg.model.name_or_path}
-        if trained and not complete:
-            log.warning("mode.fresh_head=true: scoring %s with an untrained %s head", cfg.model.name_or_path, cfg.task.head)
+def _write_config(accelerator, run_dir: Path, cfg) -> None:
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    return RunContext(cfg, accelerator, run_dir, tokenizer, model, data, labels, source)
 
 
-def language_model_setup(cfg, *, eval_splits: list[str], train_split: str | None) -> RunContext:
-    """What zero-shot scoring runs on: Accelerator, tokenizer, a causal LM from model.name_or_path, and
-    the standardised rows (not features: prompts are built from rows) of the eval splits, plus the
-    train split when demonstrations are drawn from it. `data.examples` holds the rows of every split
-    loaded, `data.evals` is empty. Writes config.yaml once all of it loaded."""
+def setup(cfg, *, train_split: str | None, eval_splits: list[str], weights: str, unlabelled_ok: tuple = (),
+          fresh_head_ok: bool = False) -> RunContext:
+    """Everything a mode runs on (see the module docstring). Writes config.yaml into the run directory
+    once all of it loaded."""
+    if weights not in WEIGHTS:
+        raise ValueError(f"weights={weights!r}: expected one of {', '.join(WEIGHTS)}")
     quiet_library_progress_bars()
     run_dir = Path(cfg.paths.output_dir)
     offline = set_offline_mode(cfg.offline)
     accelerator = make_accelerator(cfg, run_dir)
     set_seed(cfg.seed)
+    if weights == "language_model":
+        ctx = _language_model_context(cfg, accelerator, run_dir, offline, train_split, eval_splits)
+    else:
+        ctx = _task_model_context(cfg, accelerator, run_dir, offline, train_split, eval_splits, weights == "fine_tuned",
+                                  unlabelled_ok, fresh_head_ok)
+    _write_config(accelerator, run_dir, cfg)
+    return ctx
+
+
+def _task_model_context(cfg, accelerator, run_dir, offline, train_split, eval_splits, fine_tuned: bool, unlabelled_ok,
+                        fresh_head_ok: bool) -> RunContext:
+    labels = task_labels(cfg.task)
+    head_cls = HEADS[cfg.task.head]
+    loaded = _trained_model(cfg, offline) if fine_tuned else None
+    # A head with no weights of its own (the tied LM head) is complete on a pretrained backbone.
+    untrained = fine_tuned and loaded is None and head_cls.has_own_weights
+    if untrained and not fresh_head_ok:
+        raise _untrained_head_error(cfg)
+    if loaded is not None:
+        model, tokenizer, source, head_args = loaded
+    else:
+        tokenizer, base_vocab = load_tokenizer(cfg.model, offline)
+        head_args = OmegaConf.to_container(cfg.task.head_args, resolve=True)
+    with accelerator.main_process_first():
+        data = prepare(cfg, tokenizer, head_cls, offline, train_split, eval_splits, unlabelled_ok, head_args=head_args)
+    if loaded is None:
+        model = _pretrained_model(cfg, tokenizer, base_vocab, offline, labels)
+        source = {"kind": "fresh_head" if untrained else "pretrained", "path": cfg.model.name_or_path}
+        if untrained:
+            log.warning("mode.fresh_head=true: scoring %s with an untrained %s head", cfg.model.name_or_path, cfg.task.head)
+    return RunContext(cfg, accelerator, run_dir, tokenizer, model, data, labels, source, head_args)
+
+
+def _language_model_context(cfg, accelerator, run_dir, offline, train_split, eval_splits) -> RunContext:
+    """A causal LM from model.name_or_path and the standardised rows (not features: zero-shot prompts
+    are built from rows) of the eval splits, plus the train split when demonstrations are drawn from
+    it. `data.examples` holds the rows of every split loaded, `data.evals` is empty."""
     tokenizer, base_vocab = load_tokenizer(cfg.model, offline)
     splits = list(dict.fromkeys(eval_splits + ([train_split] if train_split else [])))
     with accelerator.main_process_first():
@@ -206,8 +229,6 @@ def language_model_setup(cfg, *, eval_splits: list[str], train_split: str | None
     set_seed(cfg.seed)  # a from_scratch model's random weights do not depend on what the data loading drew
     model = load_causal_lm(cfg.model, tokenizer, base_vocab, offline)
     data = TaskData("prompt", None, {}, rows, stats)
-    if accelerator.is_main_process:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     source = {"kind": "language_model", "path": cfg.model.name_or_path}
-    return RunContext(cfg, accelerator, run_dir, tokenizer, model, data, task_labels(cfg.task), source)
+    head_args = OmegaConf.to_container(cfg.task.head_args, resolve=True)
+    return RunContext(cfg, accelerator, run_dir, tokenizer, model, data, task_labels(cfg.task), source, head_args)

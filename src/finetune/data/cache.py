@@ -18,8 +18,8 @@ from pathlib import Path
 from datasets import Dataset
 from datasets.fingerprint import Hasher
 
-# The modules whose code decides the token ids of a row (see finetune.data.features).
-TOKENIZING_MODULES = ("features.py", "formats.py", "span.py", "blocks.py")
+# The modules whose code decides the token ids of a row (see finetune.data.input_formats).
+TOKENIZING_MODULES = ("input_formats.py", "features.py", "formats.py", "span.py", "blocks.py")
 
 
 @lru_cache(maxsize=1)

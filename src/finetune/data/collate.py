@@ -1,5 +1,5 @@
-"""Dynamic padding at batch time, one collator per input format (right padding, see formats.py),
-and padding-free packed batches for the sequence heads (`PackedCollator`)."""
+"""Dynamic padding at batch time (right padding, see formats.py), and padding-free packed batches
+(`PackedCollator`). Which collator a format uses is its entry's choice (finetune.data.input_formats)."""
 
 from __future__ import annotations
 
@@ -136,7 +136,6 @@ class BlockCollator:
         return batch
 
 
-PACKED_FORMATS = ("text", "text_both_orders", "choices")  # formats whose sequences PackedCollator lays end to end
 SEQUENCE_COLUMNS = ("input_ids", "attention_mask", "input_ids_swapped", "attention_mask_swapped")
 
 
@@ -177,41 +176,18 @@ class PackedCollator:
     placeholder candidates and `choice_mask`, as in ChoiceCollator.
     """
 
-    def __init__(self, input_format: str, tokenizer, row_tokens: int | None, pad_to_multiple_of=None):
-        if input_format not in PACKED_FORMATS:
-            raise ValueError(f"input format '{input_format}' is not packed (packed: {', '.join(PACKED_FORMATS)})")
+    def __init__(self, input_format, tokenizer, row_tokens: int | None, pad_to_multiple_of=None):
+        """`input_format`: an entry of finetune.data.input_formats.FORMATS that packs (its `packed_sequences`
+        gives the sequences in head order, its `packed_shape` the shape of `last_positions`)."""
+        if not input_format.packs:
+            raise ValueError(f"input format '{input_format.name}' is not packed")
         self.input_format = input_format
         self.pad_token_id = tokenizer.pad_token_id
         self.row_tokens = None if row_tokens is None else int(row_tokens)  # None: one row holds the whole batch
         self.pad_to_multiple_of = pad_to_multiple_of
 
-    def sequences(self, features) -> tuple[list[list[int]], dict]:
-        """Token lists in head order, and the extra tensors of the format (choice_mask)."""
-        if self.input_format == "text":
-            return [f["input_ids"] for f in features], {}
-        if self.input_format == "text_both_orders":
-            return [f["input_ids"] for f in features] + [f["input_ids_swapped"] for f in features], {}
-        sizes = [len(f["input_ids"]) for f in features]
-        num_choices = max(sizes)
-        sequences = []
-        for f, size in zip(features, sizes):
-            sequences.extend(f["input_ids"])
-            sequences.extend([[self.pad_token_id]] * (num_choices - size))
-        extra = {}
-        if min(sizes) != num_choices:
-            extra["choice_mask"] = (torch.arange(num_choices) < torch.tensor(sizes)[:, None]).long()
-        return sequences, extra
-
-    def shaped(self, last: torch.Tensor, examples: int) -> torch.Tensor:
-        """(examples,) for text, (examples, 2) for both orders of a pair, (examples, choices) for choices."""
-        if self.input_format == "text":
-            return last
-        if self.input_format == "text_both_orders":
-            return last.view(2, examples).T.contiguous()
-        return last.view(examples, -1)
-
     def __call__(self, features):
-        sequences, extra = self.sequences(features)
+        sequences, extra = self.input_format.packed_sequences(features, self.pad_token_id)
         lengths = np.array([len(s) for s in sequences], dtype=np.int64)
         rows, offsets = pack_rows(lengths, self.row_tokens or int(lengths.sum()))
         width = int((offsets + lengths).max())
@@ -236,24 +212,10 @@ class PackedCollator:
             "input_ids": input_ids.view(count, width),
             "position_ids": position_ids.view(count, width),
             "sequence_ids": sequence_ids.view(count, width),
-            "last_positions": self.shaped(torch.from_numpy(rows * width + offsets + lengths - 1), len(features)),
+            "last_positions": self.input_format.packed_shape(torch.from_numpy(rows * width + offsets + lengths - 1), len(features)),
             **extra,
         }
         for key in features[0]:
             if key not in batch and key not in SEQUENCE_COLUMNS:
                 batch[key] = torch.tensor([f[key] for f in features])
         return batch
-
-
-def make_collator(input_format: str, tokenizer, pad_to_multiple_of=None):
-    if input_format == "text":
-        return TextCollator(tokenizer, pad_to_multiple_of)
-    if input_format == "text_both_orders":
-        return PairCollator(tokenizer, pad_to_multiple_of)
-    if input_format == "choices":
-        return ChoiceCollator(tokenizer, pad_to_multiple_of)
-    if input_format == "span":
-        return SpanCollator(tokenizer, pad_to_multiple_of)
-    if input_format == "blocks":
-        return BlockCollator()
-    raise ValueError(f"no collator for input format '{input_format}'")

@@ -1,4 +1,5 @@
-"""Turn standardised rows into token ids, one function per input format.
+"""Turn standardised rows into token ids: the map functions of the sequence formats (finetune.data.input_formats;
+span QA windows: span.py, language-model documents: blocks.py).
 
 Each featurizer takes a batch of rows (the roles of `columns.py`) and returns model inputs plus a
 boolean `truncated` column, so the number of examples cut to `task.max_length` can be reported.
@@ -7,9 +8,7 @@ boolean `truncated` column, so the number of examples cut to `task.max_length` c
 
 from __future__ import annotations
 
-from finetune.data.blocks import document_tokens
 from finetune.data.formats import encode
-from finetune.data.span import span_features
 
 
 def text_features(batch, tokenizer, max_length: int, args: dict, training: bool) -> dict:
@@ -49,12 +48,3 @@ def choice_features(batch, tokenizer, max_length: int, args: dict, training: boo
         truncated.append(any(offset + j in cut for j in range(size)))
         offset += size
     return {"input_ids": input_ids, "attention_mask": attention_mask, "truncated": truncated}
-
-
-FEATURIZERS = {
-    "text": text_features,
-    "text_both_orders": both_orders_features,
-    "choices": choice_features,
-    "span": span_features,  # extractive QA windows, see span.py
-    "blocks": document_tokens,  # language modelling: documents + end-of-text, then blocks (see blocks.py)
-}

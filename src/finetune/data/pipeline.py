@@ -8,10 +8,8 @@ from dataclasses import dataclass, field
 from datasets import Dataset
 from omegaconf import OmegaConf
 
-from finetune.data import blocks, span
-from finetune.data.cache import tokenize_map
 from finetune.data.columns import LabelEncoder, check_columns, standardize
-from finetune.data.features import FEATURIZERS
+from finetune.data.input_formats import FORMATS
 from finetune.data.sources import load_splits, task_source
 from finetune.data.splits import carve, check_carve, check_folds, is_carve, take_fold
 from finetune.errors import DataError
@@ -71,6 +69,28 @@ def _read_stats(stats: dict) -> dict:
     return {key: value for key, value in stats.items() if key not in ("carved_out", "held_out_fold")}
 
 
+def _standardized(raw, head_cls, task, split: str, source_key: str, unlabelled_ok: tuple) -> tuple[Dataset, dict]:
+    """One split's rows with a column per role (labels encoded), and how reading it went."""
+    if len(raw.rows) == 0:
+        raise DataError(f"{raw.origin.description}: split '{split}' has no rows")
+    roles, required = _roles(raw, head_cls, task, split, source_key, unlabelled_ok)
+    # Every head may name an `id` column (GLUE's index/idx): prediction files use it.
+    check_columns(raw.rows, roles, required, tuple(dict.fromkeys(head_cls.optional_roles + ("id",))), task.name, raw.origin, source_key)
+    encoder = None
+    if "label" in roles:
+        feature = raw.rows.features.get(str(roles["label"]).split(".")[0])
+        encoder = LabelEncoder(task.labels, raw.source.label_map, feature, task.on_unknown_label)
+    rows, dropped, dropped_empty = standardize(raw.rows, roles, encoder, raw.origin, head_cls.text_roles, task.on_empty_text)
+    unmatched = sum(info.get("dropped_unmatched", 0) for info in raw.files)
+    stats = {"origin": raw.origin.description, "files": raw.files, "labelled": "label" in roles,
+             "dropped_unknown_label": dropped, "dropped_empty_text": dropped_empty, "dropped_unmatched": unmatched}
+    if dropped:
+        log.warning("%s: dropped %d rows whose label is not in %s", raw.origin.description, dropped, task.labels)
+    if dropped_empty:
+        log.warning("%s: dropped %d rows with an empty text (task.on_empty_text=drop)", raw.origin.description, dropped_empty)
+    return rows, stats
+
+
 def load_rows(cfg, head_cls, offline: bool, splits: list[str], train_split: str | None = None,
               unlabelled_ok: tuple = ()) -> tuple[dict[str, Dataset], dict]:
     """Standardised rows (one column per role, labels encoded) per split, and per-split stats.
@@ -95,25 +115,7 @@ def load_rows(cfg, head_cls, offline: bool, splits: list[str], train_split: str 
     raws = load_splits(task, to_read, cfg.data_dir, offline)
     rows_by_split, stats = {}, {}
     for split in to_read:
-        raw = raws[split]
-        if len(raw.rows) == 0:
-            raise DataError(f"{raw.origin.description}: split '{split}' has no rows")
-        roles, required = _roles(raw, head_cls, task, split, source_key, unlabelled_ok)
-        # Every head may name an `id` column (GLUE's index/idx): prediction files use it.
-        check_columns(raw.rows, roles, required, tuple(dict.fromkeys(head_cls.optional_roles + ("id",))), task.name, raw.origin, source_key)
-        encoder = None
-        if "label" in roles:
-            feature = raw.rows.features.get(str(roles["label"]).split(".")[0])
-            encoder = LabelEncoder(task.labels, raw.source.label_map, feature, task.on_unknown_label)
-        rows, dropped, dropped_empty = standardize(raw.rows, roles, encoder, raw.origin, head_cls.text_roles, task.on_empty_text)
-        unmatched = sum(info.get("dropped_unmatched", 0) for info in raw.files)
-        stats[split] = {"origin": raw.origin.description, "files": raw.files, "labelled": "label" in roles,
-                        "dropped_unknown_label": dropped, "dropped_empty_text": dropped_empty, "dropped_unmatched": unmatched}
-        if dropped:
-            log.warning("%s: dropped %d rows whose label is not in %s", raw.origin.description, dropped, task.labels)
-        if dropped_empty:
-            log.warning("%s: dropped %d rows with an empty text (task.on_empty_text=drop)", raw.origin.description, dropped_empty)
-        rows_by_split[split] = rows
+        rows_by_split[split], stats[split] = _standardized(raws[split], head_cls, task, split, source_key, unlabelled_ok)
     label = "label" if task.labels is not None else None
     for split, (parent, fraction, position) in carves.items():
         if parent not in rows_by_split:
@@ -140,52 +142,32 @@ def load_rows(cfg, head_cls, offline: bool, splits: list[str], train_split: str 
     return {split: rows_by_split[split] for split in splits}, {split: stats[split] for split in splits}
 
 
-def featurize(rows: Dataset, input_format: str, tokenizer, task, training: bool, where: str) -> tuple[Dataset, dict]:
-    """Token ids for one split's rows (cached by `datasets.map`), and what was truncated or dropped.
+@dataclass(frozen=True)
+class InputSettings:
+    """What featurizing reads of a task: its window and the head_args of its input format (a
+    fine-tuned model's own, when one is evaluated: finetune.setup)."""
 
-    Evaluation features carry `index`, the row each example came from, so outputs gathered in any
-    order (length-sorted, several processes) map back to their rows (span QA windows carry
-    `example_id` and `feature_index` instead, see finetune.data.span; language-model blocks their
-    block number, see finetune.data.blocks).
-    """
-    if input_format == "blocks":  # one token stream cut into blocks: see finetune.data.blocks
-        return blocks.featurize(rows, tokenizer, task, training, where)
-    if not training and input_format != "span":
-        rows = rows.add_column("index", list(range(len(rows))))
-    keep = {"label", "index"}
-    log.info("tokenizing %s (%d rows)", where, len(rows))
-    features = tokenize_map(
-        rows, FEATURIZERS[input_format], tokenizer,
-        {"max_length": task.max_length, "args": dict(task.head_args), "training": training},
-        batched=True, remove_columns=[c for c in rows.column_names if c not in keep], desc=f"Tokenizing {where}",
-    )
-    truncated = int(sum(features["truncated"]))
-    features = features.remove_columns("truncated")
-    if "label" in features.column_names:
-        features = features.rename_column("label", "labels")
-    stats = {"truncated": truncated}
-    if input_format == "span":  # several windows per example; see finetune.data.span
-        features, without_answer = span.finalize(features, rows, training, where)
-        stats.update(features=len(features), windows_without_answer=without_answer)
-    if truncated:
-        log.warning("%s: %d of %d examples longer than task.max_length=%d were truncated", where, truncated, len(rows), task.max_length)
-    return features, stats
+    max_length: int
+    head_args: dict
 
 
 def prepare(cfg, tokenizer, head_cls, offline: bool, train_split: str | None, eval_splits: list[str],
-            unlabelled_ok: tuple = ()) -> TaskData:
-    """Rows and token ids of the training split (None: no training) and of the evaluation splits."""
+            unlabelled_ok: tuple = (), head_args: dict | None = None) -> TaskData:
+    """Rows and token ids of the training split (None: no training) and of the evaluation splits.
+    `head_args`: the input format's settings (default: task.head_args)."""
     task = cfg.task
-    input_format = head_cls.format_for(task.head_args)
-    if input_format not in FEATURIZERS:
-        raise DataError(f"task '{task.name}': no featurizer for input format '{input_format}'")
+    inputs = InputSettings(task.max_length, dict(task.head_args if head_args is None else head_args))
+    input_format = head_cls.format_for(inputs.head_args)
+    if input_format not in FORMATS:
+        raise DataError(f"task '{task.name}': its head reads input format '{input_format}', which is not one of {', '.join(FORMATS)}")
     splits = ([train_split] if train_split else []) + [s for s in eval_splits if s != train_split]
     rows, stats = load_rows(cfg, head_cls, offline, splits, train_split, unlabelled_ok)
     train, evals, examples = None, {}, {}
     for split in splits:
-        features, feature_stats = featurize(rows[split], input_format, tokenizer, task, split == train_split, stats[split]["origin"])
+        training = split == train_split
+        features, feature_stats = FORMATS[input_format].featurize(rows[split], tokenizer, inputs, training, stats[split]["origin"])
         stats[split].update(feature_stats)
-        if split == train_split:
+        if training:
             train = features
         else:
             evals[split], examples[split] = features, rows[split]

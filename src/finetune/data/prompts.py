@@ -115,10 +115,10 @@ class Prompt:
     def __init__(self, task, head_cls, source_roles):
         self.task = task
         self.config = prompt = task.prompt
-        self.generative = head_cls.evaluator == "spans"
+        self.generative = head_cls.zero_shot == "generated"
         self.multiple_choice = "choices" in head_cls.required_roles
         if not prompt.template:
-            raise ConfigError(no_prompt_message(task))
+            raise ConfigError(no_prompt_message(task, self.generative))
         key = "task.prompt.template"
         self.template = Template.parse(prompt.template, key)
         roles = placeholder_roles(head_cls, source_roles)
@@ -200,11 +200,11 @@ class Prompt:
         return "".join(parts), picked
 
 
-def no_prompt_message(task) -> str:
+def no_prompt_message(task, generative: bool) -> str:
     message = (f"task '{task.name}' has no prompt (task.prompt.template is empty): mode=zeroshot needs one; add a "
                f"`prompt:` section with template (and choices: label -> answer text) to its task YAML "
                f"(configs/task/{task.name}.yaml, or task/{task.name}.yaml in a --config-dir), or set "
                f"task.prompt.template=... and task.prompt.choices=...")
-    if task.labels is None and task.head != "span":
+    if task.labels is None and not generative:
         message += f"; '{task.name}' is a regression task, which zero-shot answer scoring does not cover"
     return message

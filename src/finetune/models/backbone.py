@@ -17,16 +17,17 @@ from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokeni
 from finetune.data.formats import configure_tokenizer
 from finetune.errors import HubUnavailableError, ModelError
 from finetune.models.heads import HEADS
+from finetune.models.manifest import read_manifest
 
 log = logging.getLogger(__name__)
 
 
-def _looks_like_path(name: str) -> bool:
+def looks_like_path(name: str) -> bool:
     return name.startswith((".", "/", "~")) or Path(name).expanduser().exists() or name.count("/") > 1
 
 
 def _check_source(name: str, key: str, offline: bool, what: str) -> str:
-    if _looks_like_path(name):
+    if looks_like_path(name):
         path = Path(name).expanduser()
         if not path.exists():
             raise ModelError(f"{key} '{name}' does not exist")
@@ -172,22 +173,19 @@ def check_backbone_for_task(model_cfg, task_cfg, num_labels: int, backbone) -> N
             f"task.max_length={task_cfg.max_length} is longer than the model's context window "
             f"({n_positions} positions): set task.max_length<={n_positions}"
         )
-    if model_cfg.from_scratch or HEADS[task_cfg.head].language_model:  # a language model needs no labels: any backbone will do
+    if model_cfg.from_scratch or not HEADS[task_cfg.head].needs_labels:  # any backbone starts a label-free head
         return
     path = Path(model_cfg.name_or_path).expanduser()
     if not path.is_dir():
         return
-    manifest_file, config_file = path / "finetune.json", path / "config.json"
+    config_file = path / "config.json"
     theirs, what = None, None
-    if manifest_file.is_file():
-        try:
-            manifest = json.loads(manifest_file.read_text())
-            if getattr(HEADS.get(manifest.get("head")), "language_model", False):  # stage 1 of two: an adapted LM
-                return
-            theirs = int(manifest["num_labels"])
-            what = f"fine-tuned for task '{manifest.get('task')}' with a {theirs}-output '{manifest.get('head')}' head"
-        except (OSError, ValueError, KeyError, TypeError):
-            theirs = None
+    manifest = read_manifest(path)
+    if manifest is not None and manifest.head in HEADS:
+        if not HEADS[manifest.head].needs_labels:  # stage 1 of two: an adapted LM
+            return
+        theirs = int(manifest.num_labels)
+        what = f"fine-tuned for task '{manifest.task}' with a {theirs}-output '{manifest.head}' head"
     if theirs is None and config_file.is_file():
         try:
             config = json.loads(config_file.read_text())
@@ -212,14 +210,9 @@ def _not_a_language_model(name: str, path: Path) -> str | None:
     """Why the directory at `path` has no language-modelling head (a fine-tuned classifier), or None."""
     if (path / "finetune_checkpoint.json").is_file():
         return "is a training checkpoint (checkpoints/step-N) of a task model, not a language model"
-    manifest_file = path / "finetune.json"
-    if manifest_file.is_file():
-        try:
-            head = json.loads(manifest_file.read_text()).get("head")
-        except (OSError, ValueError, AttributeError):
-            head = None
-        if head is not None and head != "lm":
-            return f"is a model fine-tuned with a '{head}' head (finetune.json), which has no language-modelling head"
+    manifest = read_manifest(path)
+    if manifest is not None and (manifest.head not in HEADS or HEADS[manifest.head].has_own_weights):
+        return f"is a model fine-tuned with a '{manifest.head}' head (finetune.json), which has no language-modelling head"
     config_file = path / "config.json"
     if config_file.is_file():
         try:

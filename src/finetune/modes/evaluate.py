@@ -1,7 +1,7 @@
 """mode=evaluate: score a fine-tuned model on every eval split of the task, without training.
 
-A language-modelling task also accepts a pretrained LM as it is (perplexity before any training),
-and continues its sample prompts into samples.jsonl.
+A head with no weights of its own (a language model) also accepts a pretrained model as it is
+(perplexity before any training), and continues its sample prompts into samples.jsonl.
 """
 
 from __future__ import annotations
@@ -9,32 +9,27 @@ from __future__ import annotations
 import logging
 
 from finetune.generation import sample_hooks
+from finetune.metrics import main_metric_mode
 from finetune.modes.outcome import Outcome, split_lines
 from finetune.setup import setup
-from finetune.training.batching import build_eval_loader
+from finetune.training.batching import eval_loaders
 from finetune.training.evaluation import evaluate_split
 
 log = logging.getLogger("finetune")
 
 
-def eval_loaders(ctx, datasets: dict) -> dict:
-    """The loaders training evaluates with (same batch size and order), sharded over processes."""
-    cfg, accelerator = ctx.cfg, ctx.accelerator
-    on_cuda = accelerator.device.type == "cuda"
-    return {
-        split: accelerator.prepare(build_eval_loader(cfg.trainer, features, ctx.tokenizer, ctx.data.input_format,
-                                                     cfg.task.max_length, cfg.seed, pin_memory=on_cuda, on_cuda=on_cuda))
-        for split, features in datasets.items()
-    }
+def check(cfg) -> None:
+    """Nothing beyond the shared checks: any task can be evaluated."""
 
 
 def run(cfg) -> Outcome:
     task = cfg.task
-    ctx = setup(cfg, train_split=None, eval_splits=list(task.eval_splits), trained=True)
+    ctx = setup(cfg, train_split=None, eval_splits=list(task.eval_splits), weights="fine_tuned", fresh_head_ok=cfg.mode.fresh_head)
     model = ctx.model.to(ctx.accelerator.device)
+    loaders = eval_loaders(cfg.trainer, ctx.data.evals, ctx.tokenizer, ctx.data.input_format, task.max_length, cfg.seed, ctx.accelerator)
     results = {
         split: evaluate_split(ctx.accelerator, model, loader, task.metrics, ctx.data.evals[split], ctx.data.examples[split])
-        for split, loader in eval_loaders(ctx, ctx.data.evals).items()
+        for split, loader in loaders.items()
     }
     for split, result in results.items():
         log.info("%s: %s", split, " ".join(f"{k}={v:.4f}" for k, v in result.items() if k != "num_examples"))
@@ -44,7 +39,7 @@ def run(cfg) -> Outcome:
         "task": task.name,
         "mode": "evaluate",
         "main_metric": task.main_metric,
-        "main_metric_mode": task.main_metric_mode,
+        "main_metric_mode": main_metric_mode(task),
         "eval": results[first],
         "eval_splits": results,
         "model": ctx.model_source,

@@ -7,33 +7,36 @@ import logging
 from finetune.config import predict_splits
 from finetune.errors import ConfigError
 from finetune.inference import predict_rows
+from finetune.metrics import main_metric_mode
 from finetune.models.heads import HEADS
-from finetune.modes.evaluate import eval_loaders
 from finetune.modes.outcome import Outcome
 from finetune.outputs.predictions import write_predictions, write_submission
 from finetune.setup import setup
+from finetune.training.batching import eval_loaders
 from finetune.training.evaluation import compute_metrics
 
 log = logging.getLogger("finetune")
 
 
+def check(cfg) -> None:
+    head = HEADS[cfg.task.head]
+    if not head.predicts:
+        raise ConfigError(f"mode=predict: task '{cfg.task.name}' {head.no_predictions}")
+
+
 def run(cfg) -> Outcome:
     task = cfg.task
-    if HEADS[task.head].language_model:
-        raise ConfigError(
-            f"mode=predict: task '{task.name}' is language modelling, with no labels to predict; use mode=evaluate for "
-            f"perplexity, task.head_args.sample_prompts for samples, or pipeline('text-generation', model=<run dir>/model)"
-        )
     splits = predict_splits(task)
-    ctx = setup(cfg, train_split=None, eval_splits=splits, trained=True, unlabelled_ok=tuple(splits))
+    ctx = setup(cfg, train_split=None, eval_splits=splits, weights="fine_tuned", unlabelled_ok=tuple(splits),
+                fresh_head_ok=cfg.mode.fresh_head)
     accelerator = ctx.accelerator
     model = ctx.model.to(accelerator.device)
-    head = model.head
     predictions, files, scored = {}, {}, {}
-    for split, loader in eval_loaders(ctx, ctx.data.evals).items():
+    loaders = eval_loaders(cfg.trainer, ctx.data.evals, ctx.tokenizer, ctx.data.input_format, task.max_length, cfg.seed, accelerator)
+    for split, loader in loaders.items():
         outputs, predictions[split] = predict_rows(accelerator, model, loader, ctx.data.evals[split], ctx.data.examples[split], ctx.labels)
         if outputs.references is not None:
-            scored[split] = compute_metrics(head, outputs, task.metrics)
+            scored[split] = compute_metrics(model.head, outputs, task.metrics)
         if accelerator.is_main_process:
             path = write_predictions(ctx.run_dir / "predictions" / f"{split}.tsv", predictions[split], ctx.labels)
             files[split] = {"file": str(path), "rows": len(predictions[split])}
@@ -47,7 +50,7 @@ def run(cfg) -> Outcome:
         "task": task.name,
         "mode": "predict",
         "main_metric": task.main_metric,
-        "main_metric_mode": task.main_metric_mode,
+        "main_metric_mode": main_metric_mode(task),
         "predictions": files,
         "submission": [str(p) for p in submission],
         "model": ctx.model_source,

@@ -22,13 +22,23 @@ import numpy as np
 
 from finetune.data.prompts import Prompt
 from finetune.data.sources import task_source
+from finetune.errors import ConfigError
+from finetune.metrics import main_metric_mode
 from finetune.models.heads import HEADS
 from finetune.models.scoring import ScoringStats, greedy_until, loglikelihood
 from finetune.modes.outcome import Outcome, split_lines
-from finetune.setup import language_model_setup
+from finetune.setup import setup
 from finetune.training.evaluation import load_metrics
 
 log = logging.getLogger("finetune")
+
+
+def check(cfg) -> None:
+    """A pretrained LM has no GPT-1 tokens, and the task's prompt must fit its roles and labels."""
+    if cfg.model.gpt1_tokens:
+        raise ConfigError("config key 'model.gpt1_tokens' = True: expected false in mode=zeroshot (the GPT-1 tokens are "
+                          "learned in fine-tuning; a pretrained LM has none)")
+    check_prompt(cfg)
 
 
 def check_prompt(cfg) -> Prompt:
@@ -167,7 +177,7 @@ def run(cfg) -> Outcome:
     task = cfg.task
     prompt = check_prompt(cfg)
     shots = prompt.config.shots
-    ctx = language_model_setup(cfg, eval_splits=list(task.eval_splits), train_split=task.train_split if shots else None)
+    ctx = setup(cfg, train_split=task.train_split if shots else None, eval_splits=list(task.eval_splits), weights="language_model")
     accelerator = ctx.accelerator
     ctx.model.to(accelerator.device)
     seed = prompt.config.shot_seed if prompt.config.shot_seed is not None else cfg.seed
@@ -194,7 +204,7 @@ def run(cfg) -> Outcome:
         "task": task.name,
         "mode": "zeroshot",
         "main_metric": task.main_metric,
-        "main_metric_mode": task.main_metric_mode,
+        "main_metric_mode": main_metric_mode(task),
         "eval": results[first],
         "eval_splits": results,
         "prompt": {

@@ -30,9 +30,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from finetune.config import BATCHING_MODES, FLASH_ATTENTION, PACKED_ATTENTION
-from finetune.data.collate import PACKED_FORMATS, PackedCollator, make_collator
-from finetune.errors import ConfigError
+from finetune.config import BATCHING_MODES, FLASH_ATTENTION
+from finetune.data.collate import PackedCollator
+from finetune.data.input_formats import FORMATS
 from finetune.training.sampler import (
     BucketBatchSampler,
     EpochShuffleSampler,
@@ -60,18 +60,6 @@ def padding_multiple(trainer_cfg, max_length: int, on_cuda: bool = False) -> int
     return multiple if multiple and multiple > 1 else None
 
 
-def training_batching(trainer_cfg, input_format: str) -> str:
-    """The mode training uses. Language-model blocks all have task.max_length tokens: there is no
-    length to group by or padding to remove, so every mode reads them in `random` order (a shuffled
-    epoch). `packed` packs the sequence formats only; span QA windows are read `bucketed`."""
-    mode = trainer_cfg.batching
-    if input_format == "blocks":
-        return "random"
-    if mode == "packed" and input_format not in PACKED_FORMATS:
-        return "bucketed"
-    return mode
-
-
 def pack_row_tokens(trainer_cfg, max_length: int, attn_implementation: str) -> int | None:
     """Tokens per packed row: `trainer.pack_length`, else task.max_length (every sequence fits one row).
 
@@ -95,17 +83,15 @@ def build_train_loader(trainer_cfg, dataset, tokenizer, input_format: str, max_l
     `random` and `packed` batch an `EpochShuffleSampler`'s order of examples (the DataLoader cuts it
     into batches); the other modes' samplers yield whole batches."""
     multiple = padding_multiple(trainer_cfg, max_length, on_cuda)
-    mode = training_batching(trainer_cfg, input_format)
+    entry = FORMATS[input_format]
+    mode = entry.training_batching(trainer_cfg.batching)
     if mode != trainer_cfg.batching:
         log.info("trainer.batching=%s: %s features are read in %s batches (see finetune.training.batching)",
                  trainer_cfg.batching, input_format, mode)
     if mode == "packed":
-        if attn_implementation not in PACKED_ATTENTION + FLASH_ATTENTION:
-            raise ConfigError(f"trainer.batching=packed: attention '{attn_implementation}' does not block attention between "
-                             f"packed sequences (use one of {', '.join(PACKED_ATTENTION + FLASH_ATTENTION)})")
-        collator = PackedCollator(input_format, tokenizer, pack_row_tokens(trainer_cfg, max_length, attn_implementation), multiple)
+        collator = PackedCollator(entry, tokenizer, pack_row_tokens(trainer_cfg, max_length, attn_implementation), multiple)
     else:
-        collator = make_collator(input_format, tokenizer, multiple)
+        collator = entry.collator(tokenizer, multiple)
     common = dict(
         collate_fn=collator, num_workers=trainer_cfg.num_workers, pin_memory=pin_memory,
         # Starting an iteration draws a worker seed from the loader's generator; with the default
@@ -142,9 +128,20 @@ def build_eval_loader(trainer_cfg, dataset, tokenizer, input_format: str, max_le
     batch_size = trainer_cfg.eval_batch_size or 4 * trainer_cfg.batch_size
     order = length_sorted(sequence_lengths(dataset)[0]) if trainer_cfg.eval_sort_by_length else None
     return DataLoader(
-        dataset, batch_size=batch_size, sampler=order, shuffle=False, collate_fn=make_collator(input_format, tokenizer, multiple),
+        dataset, batch_size=batch_size, sampler=order, shuffle=False, collate_fn=FORMATS[input_format].collator(tokenizer, multiple),
         num_workers=trainer_cfg.num_workers, pin_memory=pin_memory, generator=torch.Generator().manual_seed(seed),
     )
+
+
+def eval_loaders(trainer_cfg, datasets: dict, tokenizer, input_format: str, max_length: int, seed: int, accelerator) -> dict:
+    """The evaluation loader of every split, sharded over processes: what training evaluates with
+    and what mode=evaluate and mode=predict read (same batch size and order)."""
+    on_cuda = accelerator.device.type == "cuda"
+    return {
+        split: accelerator.prepare(build_eval_loader(trainer_cfg, features, tokenizer, input_format, max_length, seed,
+                                                     pin_memory=on_cuda, on_cuda=on_cuda))
+        for split, features in datasets.items()
+    }
 
 
 def compile_model(model, trainer_cfg):

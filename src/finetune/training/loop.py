@@ -14,20 +14,17 @@ import logging
 import math
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from accelerate.utils import DistributedType
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from finetune.errors import ConfigError, TrainingDiverged
+from finetune.errors import TrainingDiverged
 from finetune.training import checkpoint
-from finetune.training.batching import build_eval_loader, build_train_loader, compile_model, enable_tf32
 from finetune.training.evaluation import evaluate_split
 from finetune.training.memory import PeakMemory
-from finetune.training.optim import build_optimizer, build_scheduler
+from finetune.training.progress import Meter, Objective, Progress, Schedule, better
 from finetune.training.preemption import Preempted, PreemptionGuard
 from finetune.training.sampler import EpochShuffleSampler
 
@@ -41,117 +38,39 @@ class _FileOnlyFilter(logging.Filter):
         return not getattr(record, "file_only", False)
 
 
-@dataclass
-class Progress:
-    """Everything besides model/optimizer/scheduler/RNG that a resumed run must restore."""
-
-    step: int = 0
-    epoch: int = 0
-    batches_in_epoch: int = 0  # per process: what skip_first_batches skips on resume
-    examples_seen: int = 0
-    # Position in the epoch's shuffled order over all processes, and the examples per micro-batch over
-    # all processes when saved: a resume with another process count or batch size restarts there.
-    examples_in_epoch: int = 0
-    world_batch: int | None = None
-    best_value: float | None = None
-    best_step: int | None = None
-    best_metrics: dict = field(default_factory=dict)
-    history: list = field(default_factory=list)  # one record per evaluation
-    train_log: list = field(default_factory=list)  # {step, loss, lr, ...} every trainer.log_every steps (curves.png)
-    # Early stopping: evaluations since the main metric last improved by more than min_delta, and that value.
-    stale_evaluations: int = 0
-    early_stopping_reference: float | None = None
-    stopped_early: bool = False
-
-    def state_dict(self) -> dict:
-        return dict(self.__dict__)
-
-    def load_state_dict(self, state: dict) -> None:
-        self.__dict__.update(state)
-
-
-def better(value: float, reference: float | None, mode: str, margin: float = 0.0) -> bool:
-    """Is `value` better than `reference` by more than `margin`, in the direction of `mode` (max|min)?"""
-    if reference is None:
-        return True
-    return value > reference + margin if mode == "max" else value < reference - margin
-
-
 class Trainer:
-    def __init__(self, cfg, accelerator, model, tokenizer, data, run_dir: Path, write_model_files=None, on_evaluate=()):
-        """`on_evaluate`: callables `(unwrapped model, step)` run after every evaluation (e.g. text samples)."""
-        self.cfg, self.accelerator, self.data = cfg, accelerator, data
+    """The loop over ready objects: a prepared model, optimizer and loaders (finetune.modes.train builds them)."""
+
+    def __init__(self, accelerator, model, optimizer, scheduler, train_loader, sampler, eval_loaders: dict, data, *,
+                 settings, schedule: Schedule, objective: Objective, identity: dict, max_grad_norm: float,
+                 run_dir: Path, write_model_files=None, on_evaluate=()):
+        """`settings`: trainer.*; `identity`: what a checkpoint must share with this run to resume it;
+        `on_evaluate`: callables `(unwrapped model, step)` run after every evaluation (e.g. text samples)."""
+        self.accelerator, self.model, self.optimizer, self.scheduler = accelerator, model, optimizer, scheduler
+        self.train_loader, self.sampler, self.eval_loaders, self.data = train_loader, sampler, eval_loaders, data
+        self.trainer_cfg, self.objective, self.identity, self.max_grad_norm = settings, objective, identity, max_grad_norm
         self.on_evaluate = list(on_evaluate)
         self.run_dir = Path(run_dir)
         self.checkpoint_root = self.run_dir / "checkpoints"
-        self.trainer_cfg = cfg.trainer
-        self.main_metric = cfg.task.main_metric
-        self.metric_mode = cfg.task.main_metric_mode
-        self.progress = Progress()
         self.write_model_files = write_model_files
-        if cfg.trainer.grad_accum > 1 and accelerator.distributed_type == DistributedType.DEEPSPEED:
-            raise ConfigError("trainer.grad_accum > 1 is not supported under DeepSpeed here (its engine accumulates by "
-                              "itself); raise trainer.batch_size or the number of processes instead")
-
-        # Batching mode, padding and evaluation order: see finetune.training.batching.
-        on_cuda = accelerator.device.type == "cuda"
-        loader_args = (tokenizer, data.input_format, cfg.task.max_length, cfg.seed)
-        attention = getattr(getattr(model.backbone, "config", None), "_attn_implementation", None) or cfg.model.attn_implementation
-        train_loader, self.sampler = build_train_loader(cfg.trainer, data.train, *loader_args, pin_memory=on_cuda, on_cuda=on_cuda,
-                                                        attn_implementation=attention)
-        eval_loaders = {split: build_eval_loader(cfg.trainer, ds, *loader_args, pin_memory=on_cuda, on_cuda=on_cuda)
-                        for split, ds in data.evals.items()}
-        if on_cuda and cfg.trainer.tf32:
-            enable_tf32()
-        if cfg.trainer.compile:
-            compile_model(model, cfg.trainer)
-        optimizer = build_optimizer(model, cfg.optim, on_cuda)
-        self.model, self.optimizer, self.train_loader = accelerator.prepare(model, optimizer, train_loader)
-        self.eval_loaders = {split: accelerator.prepare(loader) for split, loader in eval_loaders.items()}
-
-        self.grad_accum = cfg.trainer.grad_accum
-        self.steps_per_epoch = math.ceil(len(self.train_loader) / self.grad_accum)
+        self.progress = Progress()
+        self.grad_accum = settings.grad_accum
+        self.steps_per_epoch, self.total_steps, self.epochs = schedule.steps_per_epoch, schedule.total_steps, schedule.epochs
         # Examples of the epoch order that one micro-batch consumes over all processes (Accelerate
         # hands consecutive batches of the sampler's order to consecutive processes).
         # With a batch sampler (bucketed, token_budget) batches are the unit of the epoch's order.
-        per_example = isinstance(self.sampler, EpochShuffleSampler)  # random, packed
-        self.world_batch = (cfg.trainer.batch_size if per_example else 1) * accelerator.num_processes
+        per_example = isinstance(sampler, EpochShuffleSampler)  # random, packed
+        self.world_batch = (settings.batch_size if per_example else 1) * accelerator.num_processes
         self.progress.world_batch = self.world_batch
-        self.total_steps = cfg.trainer.max_steps or cfg.trainer.epochs * self.steps_per_epoch
-        self.epochs = math.ceil(self.total_steps / self.steps_per_epoch)
-        self._check_early_stopping()
-        # Stepped by hand once per optimizer step (not prepared: Accelerate would step it once per process).
-        self.scheduler = build_scheduler(optimizer, cfg.optim, self.total_steps)
-        self.state = {"scheduler": self.scheduler, "progress": self.progress}  # saved by checkpoint.save as JSON
-
-    def _check_early_stopping(self) -> None:
-        """Early stopping needs evaluations before the last step; say so before training."""
-        patience = self.trainer_cfg.early_stopping.patience
-        if patience is None:
-            return
-        every = self.trainer_cfg.eval_every or self.steps_per_epoch
-        if every >= self.total_steps:
-            where = (f"trainer.eval_every={self.trainer_cfg.eval_every}" if self.trainer_cfg.eval_every
-                     else f"each epoch ({self.steps_per_epoch} steps)")
-            raise ConfigError(
-                f"trainer.early_stopping.patience={patience} needs evaluations during training, but the first one "
-                f"({where}) comes at or after the last step ({self.total_steps}): set trainer.eval_every below {self.total_steps}"
-            )
+        self.state = {"scheduler": scheduler, "progress": self.progress}  # saved by checkpoint.save as JSON
 
     # ------------------------------------------------------------------ state
-    def checkpoint_identity(self) -> dict:
-        """What a checkpoint must share with this run to resume it: the task and the model's shape
-        (its trainable parameters differ between full fine-tuning and LoRA, or LoRA settings)."""
-        model = self.accelerator.unwrap_model(self.model)
-        return {"task": self.cfg.task.name, "head": self.cfg.task.head, "num_labels": model.head.num_labels,
-                "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad)}
-
     def resume(self, resume: str) -> None:
         if resume == "auto" and not checkpoint.step_dirs(self.checkpoint_root):
             log.info("trainer.resume=auto: no checkpoint in %s yet, starting from step 0", self.checkpoint_root)
             return
         candidates = checkpoint.resolve_resume("latest" if resume == "auto" else resume, self.checkpoint_root)
-        info = checkpoint.load_latest_valid(self.accelerator, candidates, self.checkpoint_identity(), self.state)
+        info = checkpoint.load_latest_valid(self.accelerator, candidates, self.identity, self.state)
         self._finite_at = self.progress.step  # checkpoints are only written with finite weights
         self._adapt_position()
         log.info("resumed from step %d (epoch %d, batch %d of the epoch)", info["step"], self.progress.epoch, self.progress.batches_in_epoch)
@@ -184,7 +103,7 @@ class Trainer:
     def save_checkpoint(self) -> Path:
         protect = {self.progress.best_step} if self.progress.best_step is not None else set()
         return checkpoint.save(
-            self.accelerator, self.checkpoint_root, self.progress.step, self.checkpoint_identity(),
+            self.accelerator, self.checkpoint_root, self.progress.step, self.identity,
             keep=self.trainer_cfg.save_total_limit, protect=protect, state=self.state,
             write_model_files=self.write_model_files,
         )
@@ -193,18 +112,18 @@ class Trainer:
     def evaluate(self) -> dict:
         self._check_weights_finite()  # before the checkpoint: every checkpoint kept is a good one
         results = {
-            split: evaluate_split(self.accelerator, self.model, loader, self.cfg.task.metrics,
+            split: evaluate_split(self.accelerator, self.model, loader, self.objective.metrics,
                                   self.data.evals[split], self.data.examples[split])
             for split, loader in self.eval_loaders.items()
         }
         first = results[next(iter(results))]
-        value = first[self.main_metric]
+        value = first[self.objective.main_metric]
         p = self.progress
         record = {"step": p.step, "epoch": p.step / self.steps_per_epoch, **{f"eval_{s}": r for s, r in results.items()}}
         p.history.append(record)
-        if better(value, p.best_value, self.metric_mode):
+        if better(value, p.best_value, self.objective.mode):
             p.best_value, p.best_step, p.best_metrics = value, p.step, results
-        if better(value, p.early_stopping_reference, self.metric_mode, self.trainer_cfg.early_stopping.min_delta):
+        if better(value, p.early_stopping_reference, self.objective.mode, self.trainer_cfg.early_stopping.min_delta):
             p.early_stopping_reference, p.stale_evaluations = value, 0
         else:
             p.stale_evaluations += 1
@@ -212,7 +131,7 @@ class Trainer:
             "step %d eval: %s (best %s=%.4f at step %d)",
             p.step,
             ", ".join(f"{s}: " + " ".join(f"{k}={v:.4f}" for k, v in r.items() if k != "num_examples") for s, r in results.items()),
-            self.main_metric, p.best_value, p.best_step,
+            self.objective.main_metric, p.best_value, p.best_step,
         )
         self.accelerator.log({f"eval/{s}/{k}": v for s, r in results.items() for k, v in r.items()}, step=p.step)
         for hook in self.on_evaluate:
@@ -229,7 +148,7 @@ class Trainer:
         p.stopped_early = True
         log.warning(
             "early stopping at step %d: %s has not improved by more than %g for %d evaluations (best %.4f at step %d)",
-            p.step, self.main_metric, self.trainer_cfg.early_stopping.min_delta, p.stale_evaluations, p.best_value, p.best_step,
+            p.step, self.objective.main_metric, self.trainer_cfg.early_stopping.min_delta, p.stale_evaluations, p.best_value, p.best_step,
         )
         return True
 
@@ -273,7 +192,7 @@ class Trainer:
             terms["loss"] = terms.get("loss", 0) + out["loss"].detach()
             for name, value in out.get("loss_terms", {}).items():
                 terms[name] = terms.get(name, 0) + value.detach()
-        accelerator.clip_grad_norm_(model.parameters(), self.cfg.optim.max_grad_norm)
+        accelerator.clip_grad_norm_(model.parameters(), self.max_grad_norm)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
@@ -300,55 +219,20 @@ class Trainer:
                     handler.removeFilter(quiet)
 
     def _fit(self, guard: PreemptionGuard, show_bar: bool, memory: PeakMemory) -> dict:
-        accelerator, cfg, p = self.accelerator, self.trainer_cfg, self.progress
+        p = self.progress
         memory.start()
         bar = tqdm(total=self.total_steps, initial=p.step, desc="train", disable=not show_bar, dynamic_ncols=True)
-        running, running_steps, run_examples = {}, 0, 0
-        window_start, window_examples = time.perf_counter(), 0
+        meter = Meter()
         train_start, start_step = time.perf_counter(), p.step
         self.model.train()
         done = p.step >= self.total_steps
         while not done and p.epoch < self.epochs:
-            # Accelerate's loader calls sampler.set_epoch(its own iteration count) when iterated, and a
-            # resumed run's count starts at 0: set both to the epoch we are in.
-            self.sampler.set_epoch(p.epoch)
-            self.train_loader.set_epoch(p.epoch)
-            loader = self.train_loader
-            if p.batches_in_epoch:
-                loader = accelerator.skip_first_batches(self.train_loader, p.batches_in_epoch)
-            for window in self._windows(loader):
-                terms = self._train_step(window)
-                p.batches_in_epoch += len(window)
-                p.examples_in_epoch += self.world_batch * len(window)
-                step_examples = sum(len(batch["labels"]) for batch in window) * accelerator.num_processes
-                p.examples_seen += step_examples
-                run_examples += step_examples
-                window_examples += step_examples
-                for name, value in terms.items():
-                    running[name] = running.get(name, 0) + value
-                running_steps += 1
-                p.step += 1
-                bar.update(1)
-                at_end = p.step >= self.total_steps
-                if p.step % cfg.log_every == 0 or at_end:
-                    self._log_training(running, running_steps, window_examples / (time.perf_counter() - window_start), bar)
-                    running, running_steps, window_start, window_examples = {}, 0, time.perf_counter(), 0
-                evaluated = False
-                if cfg.eval_every and p.step % cfg.eval_every == 0 and not at_end:
-                    self.evaluate()
-                    evaluated = True
-                if guard.requested(accelerator):
-                    self._preempted(guard, bar, checkpointed=evaluated)
-                if evaluated and self._should_stop_early():
-                    at_end = True
-                if at_end:
-                    done = True
-                    break
+            done = self._epoch(guard, bar, meter)
             if not done:
                 p.epoch += 1
                 p.batches_in_epoch = 0
                 p.examples_in_epoch = 0
-                if cfg.eval_every is None:
+                if self.trainer_cfg.eval_every is None:
                     self.evaluate()
                     done = self._should_stop_early()
         bar.close()
@@ -363,7 +247,7 @@ class Trainer:
             "epochs": p.step / self.steps_per_epoch,
             "train_seconds": train_seconds,
             "steps_per_second": steps_run / train_seconds if train_seconds > 0 else None,
-            "examples_per_second": run_examples / train_seconds if train_seconds > 0 else None,
+            "examples_per_second": meter.run_examples / train_seconds if train_seconds > 0 else None,
             "examples_seen": p.examples_seen,
             "stopped_early": p.stopped_early,
             "stopped_at_step": p.step if p.stopped_early else None,
@@ -371,6 +255,39 @@ class Trainer:
             "peak_memory_mb": peak_mb,
             "peak_memory_kind": memory.kind,
         }
+
+    def _epoch(self, guard: PreemptionGuard, bar, meter: "Meter") -> bool:
+        """The optimizer steps of the current epoch (from where a resumed run stopped); True when training is done."""
+        accelerator, cfg, p = self.accelerator, self.trainer_cfg, self.progress
+        # Accelerate's loader calls sampler.set_epoch(its own iteration count) when iterated, and a
+        # resumed run's count starts at 0: set both to the epoch we are in.
+        self.sampler.set_epoch(p.epoch)
+        self.train_loader.set_epoch(p.epoch)
+        loader = self.train_loader
+        if p.batches_in_epoch:
+            loader = accelerator.skip_first_batches(self.train_loader, p.batches_in_epoch)
+        for window in self._windows(loader):
+            terms = self._train_step(window)
+            p.batches_in_epoch += len(window)
+            p.examples_in_epoch += self.world_batch * len(window)
+            step_examples = sum(len(batch["labels"]) for batch in window) * accelerator.num_processes
+            p.examples_seen += step_examples
+            meter.add(terms, step_examples)
+            p.step += 1
+            bar.update(1)
+            at_end = p.step >= self.total_steps
+            if p.step % cfg.log_every == 0 or at_end:
+                self._log_training(meter.running, meter.steps, meter.examples_per_second(), bar)
+                meter.restart_window()
+            evaluated = False
+            if cfg.eval_every and p.step % cfg.eval_every == 0 and not at_end:
+                self.evaluate()
+                evaluated = True
+            if guard.requested(accelerator):
+                self._preempted(guard, bar, checkpointed=evaluated)
+            if at_end or (evaluated and self._should_stop_early()):
+                return True
+        return False
 
     def _peak_over_processes(self, peak_mb: float) -> float:
         """The largest process's peak: what each device (or each process's share of the host) must hold."""

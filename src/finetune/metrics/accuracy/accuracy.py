@@ -6,6 +6,10 @@ import numpy as np
 
 
 class Accuracy(evaluate.Metric):
+    keys = ("accuracy",)  # what it reports
+    inputs = ("labels", "next_tokens")  # what it can read (finetune.metrics)
+    higher_is_better = True
+
     def _info(self):
         return evaluate.MetricInfo(
             description="Fraction of predictions equal to the reference label.",

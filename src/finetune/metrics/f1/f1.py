@@ -6,6 +6,10 @@ from sklearn.metrics import f1_score
 
 
 class F1(evaluate.Metric):
+    keys = ("f1",)  # what it reports
+    inputs = ("labels",)  # what it can read (finetune.metrics)
+    higher_is_better = True
+
     def _info(self):
         return evaluate.MetricInfo(
             description="F1 score of the positive class (label 1), as reported on GLUE.",

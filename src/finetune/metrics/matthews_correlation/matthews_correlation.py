@@ -6,6 +6,10 @@ from sklearn.metrics import matthews_corrcoef
 
 
 class MatthewsCorrelation(evaluate.Metric):
+    keys = ("matthews_correlation",)  # what it reports
+    inputs = ("labels",)  # what it can read (finetune.metrics)
+    higher_is_better = True
+
     def _info(self):
         return evaluate.MetricInfo(
             description="Matthews correlation coefficient between predictions and references.",

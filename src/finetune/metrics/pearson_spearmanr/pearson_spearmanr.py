@@ -7,6 +7,10 @@ from scipy.stats import pearsonr, spearmanr
 
 
 class PearsonSpearmanr(evaluate.Metric):
+    keys = ("pearson", "spearmanr")  # what it reports
+    inputs = ("labels",)  # what it can read (finetune.metrics)
+    higher_is_better = True
+
     def _info(self):
         return evaluate.MetricInfo(
             description="Pearson and Spearman rank correlation of predicted and reference scores.",

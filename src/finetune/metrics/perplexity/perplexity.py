@@ -10,6 +10,10 @@ import numpy as np
 
 
 class Perplexity(evaluate.Metric):
+    keys = ("perplexity", "nll_per_token")  # what it reports
+    inputs = ("tokens",)  # what it can read (finetune.metrics)
+    higher_is_better = False
+
     def _info(self):
         return evaluate.MetricInfo(
             description="exp(total NLL / total predicted tokens) over a split, with the mean NLL per token.",

@@ -33,6 +33,10 @@ def token_f1(prediction: str, truth: str) -> float:
 
 
 class SquadV1(evaluate.Metric):
+    keys = ("exact_match", "f1")  # what it reports
+    inputs = ("answers",)  # what it can read (finetune.metrics)
+    higher_is_better = True
+
     def _info(self):
         return evaluate.MetricInfo(
             description="SQuAD v1.1 exact match and token F1 (max over the gold answers), in percent.",
